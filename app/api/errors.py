@@ -1,0 +1,140 @@
+"""RFC 9457 problem+json for every error on /api/v1 (and `{"error": ...}` on /v2).
+
+Routes raise `ProblemError`; the handlers below turn it, FastAPI's validation errors and
+anything unexpected into a problem document that names the field or file at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://stillhouse.dev/problems/"
+
+
+class ProblemError(Exception):
+    """An error answered as problem+json (or OIP's `{"error"}` on /v2)."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        type_: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.type = type_ or HTTPStatus(status).phrase.lower().replace(" ", "-")
+        self.errors = errors
+        self.headers = headers
+
+
+def field_error(field: str, message: str) -> dict[str, str]:
+    return {"field": field, "message": message}
+
+
+def not_found(what: str, id_: str) -> ProblemError:
+    return ProblemError(404, f"{what} {id_} does not exist", type_="not-found")
+
+
+def invalid(errors: list[dict[str, Any]], detail: str | None = None) -> ProblemError:
+    summary = detail or "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return ProblemError(422, summary, title="Invalid request", type_="invalid", errors=errors)
+
+
+def _is_v2(request: Request) -> bool:
+    return request.url.path.startswith("/v2")
+
+
+def problem_response(request: Request, exc: ProblemError) -> JSONResponse:
+    if _is_v2(request):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status, headers=exc.headers)
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + exc.type,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "instance": request.url.path,
+    }
+    if exc.errors is not None:
+        body["errors"] = exc.errors
+    return JSONResponse(
+        body, status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers
+    )
+
+
+def location(loc: tuple[Any, ...], body: Any = None) -> str:
+    """A pydantic error location as a field path: ("body", "train", "epochs") -> train.epochs.
+
+    The first element says where (body, query, path, header) and is dropped for the body;
+    a discriminated union adds its tag (the job kind), which is dropped too.
+    """
+    parts = list(loc)
+    prefix = ""
+    if parts and parts[0] in ("query", "path", "header", "cookie"):
+        prefix = f"{parts.pop(0)}."
+    elif parts and parts[0] == "body":
+        parts.pop(0)
+        if parts and isinstance(body, dict) and parts[0] == body.get("kind"):
+            parts.pop(0)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return prefix + (out or "body")
+
+
+def validation_errors(errors: list[dict[str, Any]], body: Any = None) -> list[dict[str, str]]:
+    out = []
+    for err in errors:
+        field = location(tuple(err.get("loc", ())), body)
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field"
+        elif err.get("type") == "union_tag_invalid":
+            message = str(err.get("msg"))
+        out.append(field_error(field, message))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(list(exc.errors()), getattr(exc, "body", None))
+        return problem_response(request, invalid(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        problem = ProblemError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return problem_response(request, problem)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        problem = ProblemError(500, "internal error; the server log has the details")
+        return problem_response(request, problem)

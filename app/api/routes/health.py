@@ -1,0 +1,51 @@
+"""Health (OIP's /v2/health/live and /ready) and Prometheus /metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.db import get_engine
+from app.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/v2/health/live", summary="The process is up")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+def _database_ready() -> str | None:
+    """None when the database answers and is migrated; else why not."""
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1 FROM alembic_version"))
+    except Exception as exc:
+        return f"database not ready: {type(exc).__name__}"
+    return None
+
+
+@router.get(
+    "/v2/health/ready",
+    summary="Ready: the database answers (503 until it does)",
+    responses={503: {"description": "The database does not answer (or is not migrated)"}},
+)
+async def ready() -> JSONResponse:
+    problem = await run_in_threadpool(_database_ready)
+    if problem is not None:
+        return JSONResponse({"ready": False, "error": problem}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    body = await run_in_threadpool(generate_latest, REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

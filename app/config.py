@@ -1,0 +1,78 @@
+"""Settings shared by the API, the worker and the command-line client.
+
+One `Settings` singleton, read from the environment (prefix `STILLHOUSE_`) or `.env`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STILLHOUSE_", env_file=".env", extra="ignore")
+
+    # --- store ---
+    database_url: str = "sqlite:///./stillhouse.db"
+    artifact_dir: Path = Path("./artifacts")
+    # Larger uploads answer 413 (bytes).
+    max_upload_bytes: int = 1024**3
+
+    # --- queue and worker ---
+    # How often a running job's worker writes its heartbeat (seconds).
+    heartbeat_seconds: float = 10.0
+    # A RUNNING job whose heartbeat is older than this goes back to the queue (seconds).
+    stale_after_seconds: float = 60.0
+    # How often an idle worker looks for a queued job (seconds); bounds submit -> RUNNING latency.
+    poll_seconds: float = 0.2
+    # How often a running job checks whether it was cancelled (seconds).
+    cancel_poll_seconds: float = 1.0
+    # How often progress events are written at most (seconds); events are batched, not per step.
+    progress_interval_seconds: float = 1.0
+    # Attempts before a job whose worker keeps dying is FAILED.
+    max_attempts: int = 3
+    # Training device for the worker: auto picks cuda when present.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Intra-op threads for torch in the worker; 0 means one per core of this machine.
+    threads: int = 0
+    # Where torchvision datasets (`torchvision:<Name>`) are read from.
+    data_root: Path = Path("./data")
+    # Where pretrained torchvision weights are looked up (the torch hub cache, TORCH_HOME).
+    torch_home: Path | None = None
+
+    # --- serving ---
+    # Device that serves predictions; the worker measures report latency on it too.
+    serving_device: Literal["cpu", "cuda"] = "cpu"
+    # Backend for serving: auto takes the faster one measured at export (torch or onnx).
+    serving_backend: Literal["auto", "torch", "onnx"] = "auto"
+    # Dynamic batching: largest batch gathered, and the longest a request waits for mates (ms).
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 2.0
+    # Model cache bounds: loaded models kept in memory.
+    cache_max_models: int = 16
+    cache_max_bytes: int = 2 * 1024**3
+    # Prediction limits: inputs per request and pixels per image.
+    predict_max_batch: int = 256
+    predict_max_pixels: int = 4096 * 4096
+
+    # --- client ---
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    log_level: str = "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def torch_threads(self) -> int:
+        return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

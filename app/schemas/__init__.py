@@ -1,0 +1,1 @@
+"""Pydantic schemas: the job spec (shared with the worker) and the API's bodies."""

@@ -1,0 +1,281 @@
+"""The job spec: what a user submits, shared by the API (validation) and the worker (execution).
+
+Everything here is data checked by pydantic: unknown fields are refused, every number has
+its range. Checks that need a registry or the database (an unknown architecture, a class
+the dataset lacks, another owner's upload) live in `app.services.spec_check`, which runs
+at submission so that a bad spec never reaches a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------- datasets
+class DatasetRef(SpecModel):
+    """A dataset by registry name or by uploaded id, with optional filters."""
+
+    name: str | None = Field(
+        None,
+        description='"digits", "synthetic" or "torchvision:<Name>" (e.g. torchvision:FashionMNIST)',
+        examples=["digits"],
+    )
+    id: str | None = Field(None, description="An uploaded dataset's id (POST /api/v1/datasets).")
+    classes: list[int | str] | None = Field(
+        None,
+        description="Keep only these classes (indices or names), relabelled 0..k-1 in this order.",
+        min_length=1,
+    )
+    samples_per_class: int | None = Field(
+        None, ge=1, description="Keep at most this many samples per class (chosen by the seed)."
+    )
+    split: Literal["train", "test", "all"] = Field(
+        "train",
+        description="train or test; all is both. An upload is split like digits: in each "
+        "class every fifth sample is test.",
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=224, description="Resize images to this many pixels a side."
+    )
+    labels: bool = Field(
+        True, description="Use the labels; false treats the set as unlabelled (distillation)."
+    )
+    # Only for "synthetic": procedural images, deterministic by seed.
+    num_classes: int | None = Field(None, ge=2, le=1000, description="synthetic only")
+    channels: Literal[1, 3] | None = Field(None, description="synthetic only")
+    num_samples: int | None = Field(
+        None, ge=1, le=10_000_000, description="synthetic only: samples in this split"
+    )
+    seed: int | None = Field(None, ge=0, description="synthetic only: generator seed")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetRef:
+        if (self.name is None) == (self.id is None):
+            raise ValueError('give exactly one of "name" or "id"')
+        synthetic_only = ("num_classes", "channels", "num_samples", "seed")
+        if self.name != "synthetic":
+            for field in synthetic_only:
+                if getattr(self, field) is not None:
+                    raise ValueError(f'"{field}" applies only to the synthetic dataset')
+        return self
+
+
+# --------------------------------------------------------------------------- training
+class OptimizerSpec(SpecModel):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="Decoupled for adamw, L2 for sgd.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only (Nesterov).")
+
+
+class SchedulerSpec(SpecModel):
+    name: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine decays the lr to 0 over the stage, per step."
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0 (epochs).")
+
+
+class StageSpec(SpecModel):
+    """One fit: a dataset, how long, how big a batch, how to step."""
+
+    dataset: DatasetRef
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    augment: Literal["none", "flip", "crop", "flip_crop"] = Field(
+        "none", description="Random augmentation, applied to tensors in batch."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+# ----------------------------------------------------------------------------- models
+class ModelSpec(SpecModel):
+    """A network: where its weights come from, and its architecture."""
+
+    source: Literal["scratch", "train", "torchvision", "checkpoint", "model"] = Field(
+        "scratch",
+        description="scratch: random init; train: train `arch` on `train` first; torchvision: "
+        "pretrained `weights`; checkpoint: an upload; model: an earlier job's student.",
+    )
+    arch: str | None = Field(None, examples=["small_cnn", "resnet18"])
+    width: float = Field(1.0, gt=0, le=8, description="Channel multiplier (small_cnn).")
+    weights: str | None = Field(
+        None, description="torchvision weights enum name, e.g. IMAGENET1K_V1 (source torchvision)."
+    )
+    checkpoint_id: str | None = None
+    model_id: str | None = None
+    train: StageSpec | None = Field(None, description="source train: the source-task training.")
+    input_size: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="Pixels a side the backbone sees; inputs are resized to it. Default: the "
+        "data's size, raised to what the architecture needs (32 for torchvision conv nets).",
+    )
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSpec:
+        needs = {
+            "scratch": ["arch"],
+            "train": ["arch", "train"],
+            "torchvision": ["arch", "weights"],
+            "checkpoint": ["checkpoint_id"],
+            "model": ["model_id"],
+        }[self.source]
+        for field in needs:
+            if getattr(self, field) is None:
+                raise ValueError(f'source "{self.source}" needs "{field}"')
+        owned = {"weights": "torchvision", "checkpoint_id": "checkpoint", "model_id": "model"}
+        for field, source in owned.items():
+            if getattr(self, field) is not None and self.source != source:
+                raise ValueError(f'"{field}" applies only to source "{source}"')
+        if self.train is not None and self.source != "train":
+            raise ValueError('"train" applies only to source "train"')
+        return self
+
+
+class Constraints(SpecModel):
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_params: int | None = Field(None, ge=1)
+    max_size_bytes: int | None = Field(None, ge=1)
+
+
+class SizeSearch(SpecModel):
+    """Step 4 of the method: pick the student's size from the target's needs."""
+
+    candidates: list[ModelSpec] = Field(min_length=1, max_length=16)
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+# ------------------------------------------------------------------------ distillation
+class DistillLossSpec(SpecModel):
+    type: Literal["mse", "kl", "hint"] = Field(
+        "kl",
+        description="mse: E||f(x)-g(x)||^2 on logits; kl: Hinton soft targets; hint: FitNets "
+        "feature regression through a learned adapter, plus the kl term.",
+    )
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature (kl, hint).")
+    alpha: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Weight of the distillation term; 1 - alpha goes to the hard-label loss "
+        "where labels exist.",
+    )
+    hint_weight: float = Field(1.0, ge=0, description="hint: weight of the feature term.")
+    student_layer: str | None = Field(None, description="hint: student module name.")
+    teacher_layer: str | None = Field(None, description="hint: teacher module name.")
+
+
+class DistillStage(StageSpec):
+    loss: DistillLossSpec = Field(default_factory=DistillLossSpec)
+    teacher_outputs: Literal["auto", "cache", "live"] = Field(
+        "auto",
+        description="cache: compute the teacher's outputs once and reuse them every epoch "
+        "(needs augment none); live: a teacher pass each step; auto: cache when possible.",
+    )
+
+
+class FinetuneStage(StageSpec):
+    loss: Literal["cross_entropy", "mse"] = Field(
+        "cross_entropy", description="mse: the squared error to one-hot targets (L_T)."
+    )
+    kd_weight: float = Field(
+        0.0, ge=0, le=1, description="Weight of a distillation term from the teacher."
+    )
+    temperature: float = Field(4.0, gt=0, le=100, description="Temperature of the kd term.")
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="Train only the new head for this many first epochs."
+    )
+
+
+class EvaluateSpec(SpecModel):
+    dataset: DatasetRef
+
+
+# ---------------------------------------------------------------------------- job kinds
+class JobSpecBase(SpecModel):
+    name: str | None = Field(None, max_length=200)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    max_attempts: int | None = Field(
+        None, ge=1, le=20, description="Tries before a job whose worker keeps dying is FAILED."
+    )
+    evaluate: EvaluateSpec | None = Field(
+        None, description="Evaluation set; default: the target's test split."
+    )
+
+
+class TrainJobSpec(JobSpecBase):
+    kind: Literal["train"]
+    model: ModelSpec
+    train: StageSpec
+
+    @model_validator(mode="after")
+    def _model_source(self) -> TrainJobSpec:
+        if self.model.source == "train":
+            raise ValueError('model.source "train" is for teachers; a train job trains `model`')
+        return self
+
+
+class DistillJobSpec(JobSpecBase):
+    kind: Literal["distill"]
+    teacher: ModelSpec
+    student: ModelSpec
+    distill: DistillStage
+
+
+class FinetuneJobSpec(JobSpecBase):
+    kind: Literal["finetune"]
+    model: ModelSpec
+    finetune: FinetuneStage
+    teacher: ModelSpec | None = Field(None, description="Needed when finetune.kd_weight > 0.")
+
+    @model_validator(mode="after")
+    def _kd_needs_teacher(self) -> FinetuneJobSpec:
+        if self.finetune.kd_weight > 0 and self.teacher is None:
+            raise ValueError("finetune.kd_weight > 0 needs a teacher")
+        return self
+
+
+class PipelineJobSpec(JobSpecBase):
+    kind: Literal["pipeline"]
+    strategy: Literal["distill_then_finetune", "finetune_then_distill"] = "distill_then_finetune"
+    teacher: ModelSpec
+    student: ModelSpec | SizeSearch
+    distill: DistillStage
+    finetune: FinetuneStage
+    baseline: bool = Field(
+        False, description="Also train the student from scratch on the target data alone."
+    )
+
+
+JobSpec = Annotated[
+    TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec,
+    Field(discriminator="kind"),
+]
+
+
+def default_evaluate(target: DatasetRef) -> EvaluateSpec:
+    """The default evaluation set: the target's test split, all of it, with its labels."""
+    return EvaluateSpec(
+        dataset=target.model_copy(
+            update={"split": "test", "samples_per_class": None, "labels": True}
+        )
+    )
+
+
+def parse_spec(
+    data: dict[str, Any],
+) -> TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec:
+    """Parse a stored spec (the worker's entry point)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(JobSpec).validate_python(data)

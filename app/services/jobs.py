@@ -1,0 +1,240 @@
+"""Jobs: create (with idempotency), list, get, cancel, delete, events and metric history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.errors import ProblemError, field_error, invalid, not_found
+from app.models import FINISHED_STATES, Job, JobEvent, JobState
+from app.models.base import new_id, utcnow
+from app.schemas.job import JobOut, MetricHistory, MetricPoint
+from app.services.paging import next_token, paginate
+from app.services.spec_check import AnySpec, check_spec
+
+log = logging.getLogger(__name__)
+
+
+def request_hash(body: Any) -> str:
+    """A hash of the request body that ignores key order and whitespace."""
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut.model_validate(
+        {
+            "id": job.id,
+            "kind": job.kind,
+            "name": job.name,
+            "state": job.state,
+            "spec": job.spec,
+            "stage": job.stage,
+            "progress": job.progress,
+            "metrics": job.metrics,
+            "error": job.error,
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "model_id": job.model_id,
+            "report": job.report,
+        }
+    )
+
+
+def get_owned(session: Session, owner: str, job_id: str) -> Job:
+    job = session.execute(
+        select(Job).where(Job.id == job_id, Job.owner == owner)
+    ).scalar_one_or_none()
+    if job is None:
+        # Another owner's job answers exactly like a missing one.
+        raise not_found("job", job_id)
+    return job
+
+
+def create_job(
+    session: Session,
+    *,
+    owner: str,
+    spec: AnySpec,
+    raw_body: Any,
+    idempotency_key: str | None,
+    default_max_attempts: int,
+) -> tuple[Job, bool]:
+    """Validate and enqueue a job. Returns (job, created); a replayed key returns the first."""
+    digest = request_hash(raw_body)
+    if idempotency_key is not None:
+        if len(idempotency_key) > 200:
+            raise invalid([field_error("header.Idempotency-Key", "at most 200 characters")])
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    filled, errors = check_spec(session, owner, spec)
+    if errors:
+        raise invalid(errors)
+    now = utcnow()
+    job_id = new_id()
+    values = {
+        "id": job_id,
+        "owner": owner,
+        "kind": filled.kind,
+        "name": filled.name,
+        "state": JobState.QUEUED,
+        "spec": filled.model_dump(mode="json"),
+        "attempts": 0,
+        "max_attempts": filled.max_attempts or default_max_attempts,
+        "cancel_requested": False,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        session.execute(insert(Job).values(**values))
+        session.execute(
+            insert(JobEvent).values(
+                job_id=job_id, type="state", data={"state": JobState.QUEUED}, created_at=now
+            )
+        )
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same key raced; the other one won.
+        session.rollback()
+        existing = _by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    log.info("job %s (%s) queued for %s", job_id, filled.kind, owner)
+    return get_owned(session, owner, job_id), True
+
+
+def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.execute(
+        select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise invalid(
+            [field_error("header.Idempotency-Key", "already used with a different body")],
+            detail="Idempotency-Key was already used with a different request body",
+        )
+    return existing
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner: str,
+    state: str | None,
+    kind: str | None,
+    page_size: int,
+    page_token: str | None,
+) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(Job.owner == owner)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    rows = list(
+        session.execute(paginate(stmt, Job, page_size=page_size, page_token=page_token)).scalars()
+    )
+    return next_token(rows, page_size)
+
+
+def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:
+    """QUEUED -> CANCELLED at once; RUNNING -> CANCELLING (the worker stops within a step)."""
+    job = get_owned(session, owner, job_id)
+    now = utcnow()
+    if job.state in FINISHED_STATES:
+        if job.state == JobState.CANCELLED:
+            return job
+        raise ProblemError(409, f"job {job_id} already {job.state}", type_="conflict")
+    # Compare-and-set on the state: a worker may claim the job between our read and write.
+    for from_state, to_state in (
+        (JobState.QUEUED, JobState.CANCELLED),
+        (JobState.RUNNING, JobState.CANCELLING),
+    ):
+        values: dict[str, Any] = {"state": to_state, "cancel_requested": True, "updated_at": now}
+        if to_state == JobState.CANCELLED:
+            values["finished_at"] = now
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == from_state).values(**values)
+        )
+        if result.rowcount == 1:
+            session.execute(
+                insert(JobEvent).values(
+                    job_id=job_id,
+                    type="state",
+                    data={"state": to_state, "reason": "cancel requested"},
+                    created_at=now,
+                )
+            )
+            session.commit()
+            break
+    else:
+        session.rollback()
+    session.expire_all()
+    return get_owned(session, owner, job_id)
+
+
+def delete_job(session: Session, *, owner: str, job_id: str, artifact_dir: Path) -> None:
+    job = get_owned(session, owner, job_id)
+    if job.state not in FINISHED_STATES:
+        raise ProblemError(
+            409,
+            f"job {job_id} is {job.state}; cancel it and wait for it to finish first",
+            type_="conflict",
+        )
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    result = session.execute(
+        delete(Job).where(Job.id == job_id, Job.state.in_(list(FINISHED_STATES)))
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        raise ProblemError(409, f"job {job_id} changed state; try again", type_="conflict")
+    session.commit()
+    # Checkpoints go with the job; its model (if any) stays until deleted on its own.
+    shutil.rmtree(artifact_dir / "jobs" / job_id, ignore_errors=True)
+
+
+def events_after(session: Session, job_id: str, after: int, limit: int = 500) -> list[JobEvent]:
+    return list(
+        session.execute(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def metric_history(session: Session, *, owner: str, job_id: str) -> MetricHistory:
+    get_owned(session, owner, job_id)
+    rows = session.execute(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "metric")
+        .order_by(JobEvent.id)
+    ).scalars()
+    points: list[MetricPoint] = []
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for ev in rows:
+        data = dict(ev.data)
+        stage, epoch = data.pop("stage", None), data.pop("epoch", None)
+        points.append(
+            MetricPoint(event_id=ev.id, stage=stage, epoch=epoch, time=ev.created_at, values=data)
+        )
+        stages.setdefault(stage or "", []).append({"epoch": epoch, **data})
+    return MetricHistory(job_id=job_id, metrics=points, stages=stages)

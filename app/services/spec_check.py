@@ -1,0 +1,280 @@
+"""The semantic half of job-spec validation, run at submission.
+
+Pydantic (app.schemas.job_spec) checks shapes and ranges; this checks what needs a
+registry or the database: architecture, weight and dataset names, classes the dataset
+has, the owner's uploads and models, layer names for hints, and that the stages fit
+together (an evaluation set with the model's classes, labels where a loss needs them).
+Every problem is reported with the field it is in, all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Checkpoint, Dataset, TrainedModel
+from app.schemas.job_spec import (
+    DatasetRef,
+    DistillJobSpec,
+    EvaluateSpec,
+    FinetuneJobSpec,
+    ModelSpec,
+    PipelineJobSpec,
+    SizeSearch,
+    TrainJobSpec,
+    default_evaluate,
+)
+from worker.data import DatasetInfo, UploadedInfo, dataset_info, resolve_classes
+from worker.nets import (
+    NetworkConfig,
+    UnknownNameError,
+    arch_info,
+    default_hint_layer,
+    module_names,
+    weights_enum_names,
+)
+
+AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec
+
+
+@dataclass
+class ResolvedData:
+    """A dataset reference as the checks see it: its classes after filtering."""
+
+    num_classes: int
+    labeled: bool
+    channels: int
+    image_size: int
+
+
+@dataclass
+class ResolvedModel:
+    arch: str | None
+    num_classes: int | None  # fixed by the source (a checkpoint or a model); None if free
+    in_channels: int | None
+
+
+@dataclass
+class SpecChecker:
+    session: Session
+    owner: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append({"field": where, "message": message})
+
+    # ------------------------------------------------------------------ datasets
+    def dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:
+        uploaded = None
+        if ref.id is not None:
+            row = self.session.execute(
+                select(Dataset).where(Dataset.id == ref.id, Dataset.owner == self.owner)
+            ).scalar_one_or_none()
+            if row is None:
+                self.error(f"{where}.id", f"no dataset with id {ref.id!r}")
+                return None
+            uploaded = UploadedInfo(
+                class_names=list(row.classes),
+                channels=int(row.shape[0]),
+                image_size=int(row.shape[-1]),
+                labeled=row.labeled,
+                scale=255.0 if row.dtype == "uint8" else 1.0,
+                path=row.path,  # type: ignore[arg-type]
+            )
+        try:
+            info: DatasetInfo = dataset_info(ref, uploaded)
+        except UnknownNameError as exc:
+            self.error(f"{where}.name", str(exc))
+            return None
+        if ref.classes is not None:
+            if not info.labeled:
+                self.error(f"{where}.classes", "the dataset has no labels to filter by")
+                return None
+            try:
+                resolve_classes(ref, info.class_names)
+            except ValueError as exc:
+                self.error(f"{where}.classes", str(exc))
+                return None
+        if ref.samples_per_class is not None and not info.labeled:
+            self.error(f"{where}.samples_per_class", "the dataset has no labels to count by")
+        n_classes = len(ref.classes) if ref.classes is not None else len(info.class_names)
+        return ResolvedData(
+            num_classes=n_classes,
+            labeled=info.labeled and ref.labels,
+            channels=info.channels,
+            image_size=ref.image_size or info.image_size,
+        )
+
+    def labelled_dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:
+        data = self.dataset(ref, where)
+        if data is not None and not data.labeled:
+            self.error(where, "this stage trains on labels, and this dataset has none")
+        return data
+
+    # -------------------------------------------------------------------- models
+    def model(self, spec: ModelSpec, where: str) -> ResolvedModel:
+        if spec.source == "checkpoint":
+            row = self.session.execute(
+                select(Checkpoint).where(
+                    Checkpoint.id == spec.checkpoint_id, Checkpoint.owner == self.owner
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                self.error(f"{where}.checkpoint_id", f"no checkpoint {spec.checkpoint_id!r}")
+                return ResolvedModel(None, None, None)
+            if spec.arch is not None and spec.arch != row.arch:
+                self.error(f"{where}.arch", f"the checkpoint is a {row.arch}")
+            return ResolvedModel(row.arch, row.num_classes, (row.meta or {}).get("in_channels"))
+        if spec.source == "model":
+            row = self.session.execute(
+                select(TrainedModel).where(
+                    TrainedModel.id == spec.model_id, TrainedModel.owner == self.owner
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                self.error(f"{where}.model_id", f"no model {spec.model_id!r}")
+                return ResolvedModel(None, None, None)
+            if spec.arch is not None and spec.arch != row.arch:
+                self.error(f"{where}.arch", f"the model is a {row.arch}")
+            network = row.meta.get("network", {})
+            return ResolvedModel(row.arch, row.meta.get("num_classes"), network.get("in_channels"))
+        assert spec.arch is not None
+        try:
+            arch_info(spec.arch)
+        except UnknownNameError as exc:
+            self.error(f"{where}.arch", str(exc))
+            return ResolvedModel(None, None, None)
+        if spec.source == "torchvision":
+            names = weights_enum_names(spec.arch)
+            if not names:
+                self.error(f"{where}.source", f"{spec.arch} has no torchvision weights")
+            elif spec.weights not in names:
+                self.error(
+                    f"{where}.weights", f"unknown weights; {spec.arch} has {', '.join(names)}"
+                )
+        if spec.width != 1.0 and arch_info(spec.arch).family != "small_cnn":
+            self.error(f"{where}.width", f"width applies to small_cnn, not {spec.arch}")
+        if spec.source == "train":
+            assert spec.train is not None
+            self.stage_data(spec.train.dataset, f"{where}.train.dataset", labelled=True)
+        return ResolvedModel(spec.arch, None, None)
+
+    def stage_data(self, ref: DatasetRef, where: str, *, labelled: bool) -> ResolvedData | None:
+        return self.labelled_dataset(ref, where) if labelled else self.dataset(ref, where)
+
+    def teacher_classes(self, spec: ModelSpec, resolved: ResolvedModel, where: str) -> int | None:
+        """How many outputs the teacher has once built."""
+        if spec.source == "train" and spec.train is not None:
+            data = self.dataset(spec.train.dataset, f"{where}.train.dataset")
+            return data.num_classes if data else None
+        if resolved.num_classes is not None:
+            return resolved.num_classes
+        if spec.source == "torchvision":
+            return 1000  # the ImageNet head the weights come with
+        return None
+
+    def hint_layers(self, spec: Any, teacher: ResolvedModel, student_arch: str | None, where: str):
+        loss = spec.loss
+        if loss.type != "hint":
+            return
+        for role, arch, name in (
+            ("teacher", teacher.arch, loss.teacher_layer),
+            ("student", student_arch, loss.student_layer),
+        ):
+            if arch is None:
+                continue
+            layer = name or default_hint_layer(arch)
+            if layer is None:
+                self.error(
+                    f"{where}.loss.{role}_layer", f"{arch} has no default hint layer; name one"
+                )
+                continue
+            names = module_names(
+                NetworkConfig(arch=arch, num_classes=10, in_channels=3, image_size=32)
+            )
+            if layer not in names:
+                sample = sorted(n for n in names if n.count(".") <= 2 and n)[:25]
+                self.error(
+                    f"{where}.loss.{role}_layer",
+                    f"{arch} has no module {layer!r}; some it has: {', '.join(sample)}",
+                )
+
+    def evaluation(self, spec: AnySpec, target: DatasetRef, classes: int | None) -> EvaluateSpec:
+        evaluate = spec.evaluate or default_evaluate(target)
+        data = self.labelled_dataset(evaluate.dataset, "evaluate.dataset")
+        if data is not None and classes is not None and data.num_classes != classes:
+            self.error(
+                "evaluate.dataset",
+                f"has {data.num_classes} classes; the model predicts {classes}",
+            )
+        return evaluate
+
+    # ------------------------------------------------------------------ job kinds
+    def check(self, spec: AnySpec) -> AnySpec:
+        """Check `spec`; returns it with defaults filled in. Errors are in `self.errors`."""
+        if isinstance(spec, TrainJobSpec):
+            self.model(spec.model, "model")
+            data = self.labelled_dataset(spec.train.dataset, "train.dataset")
+            evaluate = self.evaluation(spec, spec.train.dataset, data.num_classes if data else None)
+            return spec.model_copy(update={"evaluate": evaluate})
+        if isinstance(spec, DistillJobSpec):
+            teacher = self.model(spec.teacher, "teacher")
+            self.model(spec.student, "student")
+            k = self.teacher_classes(spec.teacher, teacher, "teacher")
+            self.dataset(spec.distill.dataset, "distill.dataset")
+            self.hint_layers(spec.distill, teacher, spec.student.arch, "distill")
+            evaluate = self.evaluation(spec, spec.distill.dataset, k)
+            return spec.model_copy(update={"evaluate": evaluate})
+        if isinstance(spec, FinetuneJobSpec):
+            self.model(spec.model, "model")
+            data = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
+            if spec.teacher is not None:
+                teacher = self.model(spec.teacher, "teacher")
+                k = self.teacher_classes(spec.teacher, teacher, "teacher")
+                if data is not None and k is not None and k != data.num_classes:
+                    self.error(
+                        "teacher",
+                        f"the teacher predicts {k} classes and finetune.dataset has "
+                        f"{data.num_classes}; a kd term needs the same classes",
+                    )
+            evaluate = self.evaluation(
+                spec, spec.finetune.dataset, data.num_classes if data else None
+            )
+            return spec.model_copy(update={"evaluate": evaluate})
+        return self.check_pipeline(spec)
+
+    def check_pipeline(self, spec: PipelineJobSpec) -> PipelineJobSpec:
+        teacher = self.model(spec.teacher, "teacher")
+        students = (
+            spec.student.candidates if isinstance(spec.student, SizeSearch) else [spec.student]
+        )
+        for i, student in enumerate(students):
+            where = (
+                f"student.candidates[{i}]" if isinstance(spec.student, SizeSearch) else "student"
+            )
+            resolved = self.model(student, where)
+            self.hint_layers(spec.distill, teacher, resolved.arch, "distill")
+        self.dataset(spec.distill.dataset, "distill.dataset")
+        target = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
+        if spec.finetune.kd_weight > 0 and spec.strategy == "distill_then_finetune":
+            k = self.teacher_classes(spec.teacher, teacher, "teacher")
+            if target is not None and k is not None and k != target.num_classes:
+                self.error(
+                    "finetune.kd_weight",
+                    f"with distill_then_finetune the teacher predicts {k} classes, the target "
+                    f"has {target.num_classes}: a kd term needs the same classes (use "
+                    "finetune_then_distill, which adapts the teacher to the target first)",
+                )
+        evaluate = self.evaluation(
+            spec, spec.finetune.dataset, target.num_classes if target else None
+        )
+        return spec.model_copy(update={"evaluate": evaluate})
+
+
+def check_spec(session: Session, owner: str, spec: AnySpec) -> tuple[AnySpec, list[dict[str, str]]]:
+    checker = SpecChecker(session, owner)
+    filled = checker.check(spec)
+    return filled, checker.errors

@@ -1,0 +1,1 @@
+"""The Stillhouse worker: claims jobs from the database and runs the training pipeline."""

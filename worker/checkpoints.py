@@ -1,0 +1,60 @@
+"""Per-job checkpoints: a fit's state every epoch, and each finished stage's weights.
+
+Files are written to a temporary name and renamed, so a worker killed mid-write leaves
+the previous checkpoint intact. They are our own files, and still loaded with
+`weights_only=True`: nothing in them is unpickled as code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- a fit's state, every epoch
+    def _fit_path(self, stage: str) -> Path:
+        return self.root / f"{stage}.fit.pt"
+
+    def save_fit(self, stage: str, state: dict[str, Any]) -> None:
+        atomic_write(self._fit_path(stage), lambda p: torch.save(state, p))
+
+    def load_fit(self, stage: str) -> dict[str, Any] | None:
+        path = self._fit_path(stage)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    # -- a finished stage's result: weights plus a small JSON record
+    def _done_paths(self, stage: str) -> tuple[Path, Path]:
+        return self.root / f"{stage}.done.safetensors", self.root / f"{stage}.done.json"
+
+    def save_done(self, stage: str, model: nn.Module, record: dict[str, Any]) -> None:
+        weights, meta = self._done_paths(stage)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(weights, lambda p: save_file(state, str(p)))
+        # The record last: its presence means the stage finished.
+        atomic_write(meta, lambda p: p.write_text(json.dumps(record)))
+        self._fit_path(stage).unlink(missing_ok=True)
+
+    def load_done(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        weights, meta = self._done_paths(stage)
+        if not meta.exists():
+            return None
+        return load_file(str(weights)), json.loads(meta.read_text())

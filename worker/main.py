@@ -1,0 +1,273 @@
+"""`stillhouse worker`: claim a job, run it with a heartbeat beside it, repeat.
+
+One job at a time per worker process. SIGTERM (or Ctrl-C) stops the running job at its
+next training step and gives it back to the queue, where it resumes from its last
+checkpoint; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from datetime import datetime
+from types import FrameType
+
+import torch
+from sqlalchemy import Engine, insert
+
+from app.config import Settings, get_settings
+from app.db import get_write_engine
+from app.models import JobState, TrainedModel
+from app.models.base import utcnow
+from app.schemas.job_spec import parse_spec
+from worker import queue
+from worker.checkpoints import CheckpointStore
+from worker.control import JobCancelled, JobControl, LeaseLost, WorkerShutdown
+from worker.data import DatasetUnavailableError
+from worker.lookups import Lookups, MissingResourceError
+from worker.nets import UnknownNameError
+from worker.pipeline import JobContext, JobFailedError, JobOutcome, run_job_kind
+from worker.reporting import Reporter
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("STILLHOUSE_DEVICE=cuda but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Heartbeat(threading.Thread):
+    """Renews the job's lease and watches for cancel, beside the training thread."""
+
+    def __init__(
+        self, engine: Engine, job_id: str, worker_id: str, control: JobControl, settings: Settings
+    ) -> None:
+        super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self.engine, self.job_id, self.worker_id = engine, job_id, worker_id
+        self.control, self.settings = control, settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        last_write = time.monotonic()
+        while not self.stopped.wait(self.settings.cancel_poll_seconds):
+            write = time.monotonic() - last_write >= self.settings.heartbeat_seconds
+            try:
+                status = queue.heartbeat(self.engine, self.job_id, self.worker_id, write=write)
+            except Exception:
+                # A database hiccup: try again next tick; the stale window is much longer.
+                log.exception("heartbeat for job %s failed", self.job_id)
+                continue
+            if write:
+                last_write = time.monotonic()
+            if not status.owned:
+                self.control.lease_lost.set()
+                return
+            if status.cancel_requested:
+                self.control.cancelled.set()
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, device: str | None = None) -> None:
+        self.settings = settings
+        self.engine = get_write_engine()
+        self.device = pick_device(device or settings.device)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self.current: JobControl | None = None
+        self._last_sweep = 0.0
+
+    # -- signals
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if self.stopping.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("signal %d: finishing the current step, then stopping", signum)
+            self.stopping.set()
+            if self.current is not None:
+                self.current.shutdown.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # -- main loop
+    def run(self, *, max_jobs: int | None = None) -> None:
+        torch.set_num_threads(self.settings.torch_threads())
+        log.info(
+            "worker %s on %s with %d threads, polling every %.2fs",
+            self.worker_id,
+            self.device,
+            torch.get_num_threads(),
+            self.settings.poll_seconds,
+        )
+        done = 0
+        while not self.stopping.is_set():
+            self.maybe_sweep()
+            job = queue.claim_next(self.engine, self.worker_id)
+            if job is None:
+                self.stopping.wait(self.settings.poll_seconds)
+                continue
+            self.run_job(job)
+            done += 1
+            if max_jobs is not None and done >= max_jobs:
+                break
+        log.info("worker %s stopped", self.worker_id)
+
+    def maybe_sweep(self) -> None:
+        # Every worker sweeps now and then; the sweep is one cheap indexed query.
+        now = time.monotonic()
+        if now - self._last_sweep < min(self.settings.heartbeat_seconds, 5.0):
+            return
+        self._last_sweep = now
+        try:
+            queue.requeue_stale(self.engine, self.settings.stale_after_seconds)
+        except Exception:
+            log.exception("stale sweep failed")
+
+    def run_job(self, job: queue.ClaimedJob) -> None:
+        control = JobControl()
+        if self.stopping.is_set():
+            control.shutdown.set()
+        self.current = control
+        heartbeat = Heartbeat(self.engine, job.id, self.worker_id, control, self.settings)
+        heartbeat.start()
+        reporter = Reporter(
+            self.engine,
+            job_id=job.id,
+            worker_id=self.worker_id,
+            control=control,
+            interval_seconds=self.settings.progress_interval_seconds,
+        )
+        job_dir = self.settings.artifact_dir / "jobs" / job.id
+        ctx = JobContext(
+            job_id=job.id,
+            owner=job.owner,
+            name=job.spec.get("name"),
+            settings=self.settings,
+            device=self.device,
+            control=control,
+            reporter=reporter,
+            store=CheckpointStore(job_dir / "checkpoints"),
+            lookups=Lookups(self.engine, job.owner, self.settings.artifact_dir),
+        )
+        try:
+            outcome = run_job_kind(ctx, parse_spec(job.spec), model_id=str(uuid.uuid4()))
+            self._succeed(job, outcome, control)
+        except JobCancelled:
+            queue.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
+        except WorkerShutdown:
+            queue.release(self.engine, job.id, self.worker_id)
+        except LeaseLost:
+            log.warning("job %s: lease lost; another worker owns it now", job.id)
+        except JobFailedError as exc:
+            self._fail(job, exc.code, str(exc))
+        except (DatasetUnavailableError, MissingResourceError, UnknownNameError) as exc:
+            self._fail(job, "unavailable", str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            self._fail(job, "internal", f"{detail} (see the worker's log for the traceback)")
+        finally:
+            heartbeat.stopped.set()
+            heartbeat.join(timeout=5)
+            self.current = None
+
+    def _fail(self, job: queue.ClaimedJob, code: str, message: str) -> None:
+        queue.finish(
+            self.engine,
+            job.id,
+            self.worker_id,
+            state=JobState.FAILED,
+            error={"code": code, "message": message},
+        )
+
+    def _succeed(self, job: queue.ClaimedJob, outcome: JobOutcome, control: JobControl) -> None:
+        now = utcnow()
+        values = {
+            "metrics": outcome.metrics,
+            "report": outcome.report,
+            "progress": {"stage": "done", "fraction": 1.0, "eta_seconds": 0.0},
+        }
+        model = outcome.model
+        ok = True
+        try:
+            self._commit_success(job, outcome, values, now)
+        except _NotOwnedError:
+            ok = False
+        if not ok:
+            if model is not None:
+                _remove_tree(model.folder)
+            if not control.lease_lost.is_set():
+                queue.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
+            return
+        log.info("job %s succeeded", job.id)
+
+    def _commit_success(
+        self, job: queue.ClaimedJob, outcome: JobOutcome, values: dict, now: datetime
+    ) -> None:
+        """Register the model and mark the job SUCCEEDED in one transaction."""
+        model = outcome.model
+        with self.engine.begin() as conn:
+            if model is not None:
+                values["model_id"] = model.model_id
+                conn.execute(
+                    insert(TrainedModel).values(
+                        id=model.model_id,
+                        owner=job.owner,
+                        name=job.spec.get("name"),
+                        job_id=job.id,
+                        arch=model.meta["arch"],
+                        meta=model.meta,
+                        params=model.params,
+                        size_bytes=model.size_bytes,
+                        artifact_path=str(model.folder.relative_to(self.settings.artifact_dir)),
+                        created_at=now,
+                    )
+                )
+            # Only a job still RUNNING succeeds: one the user is cancelling is cancelled.
+            ok = queue.update_owned(
+                conn,
+                job.id,
+                self.worker_id,
+                {**values, "state": JobState.SUCCEEDED, "finished_at": now, "heartbeat_at": None},
+                states=(JobState.RUNNING,),
+            )
+            if not ok:
+                raise _NotOwnedError  # rolls back the model row too
+            queue.add_event(
+                conn,
+                job.id,
+                "state",
+                {
+                    "state": JobState.SUCCEEDED,
+                    "model_id": values.get("model_id"),
+                    "metrics": outcome.metrics,
+                },
+            )
+
+
+class _NotOwnedError(Exception):
+    """The job is no longer ours to succeed (cancelled, or swept to another worker)."""
+
+
+def _remove_tree(path: os.PathLike[str] | str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(device: str | None = None) -> None:
+    settings = get_settings()
+    worker = Worker(settings, device=device)
+    worker.install_signal_handlers()
+    worker.run()

@@ -1,0 +1,270 @@
+"""One fit loop for every stage (teacher training, distillation, fine-tuning, baselines).
+
+`fit` reads top to bottom: build the optimiser and schedule, resume from the stage's
+checkpoint if there is one, then epochs of shuffled index batches over in-memory tensors.
+What a stage optimises is its `Objective`: a function of (model, inputs, labels, indices)
+that returns the loss and the logits. Every hyperparameter comes from the validated
+`StageSpec`; their units are documented there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
+from worker.checkpoints import CheckpointStore
+from worker.control import JobControl
+from worker.data import InMemoryData, epoch_batches, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+# Evaluation batch size: larger than training batches, no gradients are kept.
+EVAL_BATCH_SIZE = 512
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ProgressSink(Protocol):
+    """Where a fit reports to (worker.reporting.Reporter, or a no-op in benchmarks)."""
+
+    def progress(
+        self,
+        *,
+        stage: str,
+        epoch: int,
+        epochs: int,
+        step: int,
+        steps: int,
+        loss: Callable[[], float],
+        eta_seconds: float | None,
+    ) -> None:
+        """Called every step; `loss()` (the epoch's running mean) syncs, so call it rarely."""
+
+    def metric(self, *, stage: str, epoch: int, values: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
+    def objective(model, x, y, idx):
+        if y is None:
+            raise ValueError("this stage needs labels, and its dataset has none")
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return objective
+
+
+def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.momentum > 0,
+            weight_decay=spec.weight_decay,
+        )
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, *, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step multiplier of the peak lr: linear warm-up, then constant or cosine to 0."""
+    warmup = int(spec.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if spec.name == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and/or 4-pixel-padded crops, on a float batch, all samples at once."""
+    if kind in ("flip", "flip_crop"):
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    if kind in ("crop", "flip_crop"):
+        pad = max(1, x.shape[-1] // 8)
+        n, _, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=gen).to(x.device)
+        rows = torch.arange(h, device=x.device)[None, :] + dy[:, None]
+        cols = torch.arange(w, device=x.device)[None, :] + dx[:, None]
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(
+            0, 3, 1, 2
+        )
+    return x
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, data: InMemoryData, *, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a labelled set."""
+    if data.y is None:
+        raise ValueError("evaluation needs a labelled dataset")
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(data), batch_size):
+        x = data.x[start : start + batch_size].to(device, non_blocking=True).float()
+        y = data.y[start : start + batch_size].to(device, non_blocking=True)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(1, len(data))
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def fit(
+    *,
+    stage_name: str,
+    model: nn.Module,
+    train: InMemoryData,
+    stage: StageSpec,
+    objective: Objective,
+    device: torch.device,
+    seed: int,
+    control: JobControl,
+    sink: ProgressSink,
+    checkpoints: CheckpointStore | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    extra_modules: nn.ModuleDict | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train `model` on `train` for `stage.epochs`, resuming from the stage's checkpoint.
+
+    `extra_modules` (a hint adapter, say) are optimised and checkpointed with the model.
+    `on_epoch_start(epoch)` may change which parameters train (a frozen backbone); the
+    optimiser holds every parameter, and frozen ones simply get no gradient.
+    """
+    started = time.perf_counter()
+    trainable = list(model.parameters())
+    if extra_modules is not None:
+        trainable += list(extra_modules.parameters())
+    optimizer = make_optimizer(trainable, stage.optimizer)
+    n_steps = steps_per_epoch(len(train), stage.batch_size)
+    schedule = make_schedule(
+        optimizer, stage.scheduler, total_steps=stage.epochs * n_steps, steps_per_epoch=n_steps
+    )
+    # One generator drives shuffling and augmentation, so a resumed stage replays exactly.
+    gen = torch.Generator().manual_seed(seed)
+    result = FitResult(epochs_run=0)
+    start_epoch = 0
+    if checkpoints is not None and (state := checkpoints.load_fit(stage_name)) is not None:
+        model.load_state_dict(state["model"])
+        if extra_modules is not None and "extra" in state:
+            extra_modules.load_state_dict(state["extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = int(state["epoch"])
+        result.history = list(state.get("history", []))
+        log.info("%s: resuming after epoch %d of %d", stage_name, start_epoch, stage.epochs)
+
+    model.train()
+    step_seconds: float | None = None  # moving average, for an honest ETA
+    eval_seconds = 0.0
+    for epoch in range(start_epoch, stage.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        batches = epoch_batches(len(train), stage.batch_size, gen=gen, shuffle=True)
+        for step, idx in enumerate(batches):
+            control.check()
+            t0 = time.perf_counter()
+            x = train.x[idx].to(device, non_blocking=True).float()
+            if stage.augment != "none":
+                x = augment_batch(x, stage.augment, gen)
+            y = train.y[idx].to(device, non_blocking=True) if train.y is not None else None
+            loss, logits = objective(model, x, y, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += loss.detach() * len(idx)
+            if y is not None:
+                correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(idx)
+            dt = time.perf_counter() - t0
+            step_seconds = dt if step_seconds is None else 0.9 * step_seconds + 0.1 * dt
+            remaining = (stage.epochs - epoch) * n_steps - step - 1
+            eta = remaining * step_seconds + (stage.epochs - epoch) * eval_seconds
+            sink.progress(
+                stage=stage_name,
+                epoch=epoch + 1,
+                epochs=stage.epochs,
+                step=epoch * n_steps + step + 1,
+                steps=stage.epochs * n_steps,
+                loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
+                eta_seconds=eta,
+            )
+        values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
+        if train.y is not None:
+            values["train_accuracy"] = int(correct) / max(1, seen)
+        if eval_fn is not None:
+            t_eval = time.perf_counter()
+            values.update({f"val_{k}": v for k, v in eval_fn(model).items()})
+            model.train()
+            eval_seconds = time.perf_counter() - t_eval
+        result.history.append({"epoch": epoch + 1, **values})
+        sink.metric(stage=stage_name, epoch=epoch + 1, values=values)
+        if checkpoints is not None:
+            state = {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": result.history,
+            }
+            if extra_modules is not None:
+                state["extra"] = extra_modules.state_dict()
+            checkpoints.save_fit(stage_name, state)
+        result.epochs_run += 1
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class NullSink:
+    """A sink that records nothing (benchmarks, tests)."""
+
+    def progress(self, **_: Any) -> None:
+        return None
+
+    def metric(self, **_: Any) -> None:
+        return None
