@@ -58,3 +58,11 @@ class CheckpointStore:
         if not meta.exists():
             return None
         return load_file(str(weights)), json.loads(meta.read_text())
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Training seconds of each finished stage, from their records."""
+        out: dict[str, float] = {}
+        for meta in sorted(self.root.glob("*.done.json")):
+            record = json.loads(meta.read_text())
+            out[meta.name.removesuffix(".done.json")] = record.get("seconds", 0.0)
+        return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -355,10 +356,22 @@ def default_hint_layer(arch: str) -> str | None:
 
 
 def module_names(config: NetworkConfig) -> set[str]:
-    """Module names of a network, built on the meta device (no memory, fast)."""
-    with torch.device("meta"):
+    """Module names of a network (they depend on the arch only)."""
+    return set(_module_names(config.arch))
+
+
+@lru_cache(maxsize=64)
+def _module_names(arch: str) -> frozenset[str]:
+    config = NetworkConfig(arch=arch, num_classes=10, in_channels=3, image_size=32)
+    try:
+        # The meta device allocates nothing, so even a 600M-parameter model builds at once.
+        with torch.device("meta"):
+            net = build_network(config)
+    except NotImplementedError:
+        # A few builders (RegNet) compute their widths with tensor maths the meta device
+        # cannot run; build those for real.
         net = build_network(config)
-    return {name for name, _ in net.named_modules()}
+    return frozenset(name for name, _ in net.named_modules())
 
 
 def weights_enum_names(arch: str) -> list[str]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
+from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
 from worker.data import InMemoryData, epoch_batches, steps_per_epoch
@@ -103,25 +104,6 @@ def make_schedule(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and/or 4-pixel-padded crops, on a float batch, all samples at once."""
-    if kind in ("flip", "flip_crop"):
-        flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-    if kind in ("crop", "flip_crop"):
-        pad = max(1, x.shape[-1] // 8)
-        n, _, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=gen).to(x.device)
-        rows = torch.arange(h, device=x.device)[None, :] + dy[:, None]
-        cols = torch.arange(w, device=x.device)[None, :] + dx[:, None]
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(
-            0, 3, 1, 2
-        )
-    return x
 
 
 @torch.inference_mode()
@@ -207,7 +189,7 @@ def fit(
             t0 = time.perf_counter()
             x = train.x[idx].to(device, non_blocking=True).float()
             if stage.augment != "none":
-                x = augment_batch(x, stage.augment, gen)
+                x = random_augment(x, stage.augment, gen)
             y = train.y[idx].to(device, non_blocking=True) if train.y is not None else None
             loss, logits = objective(model, x, y, idx)
             optimizer.zero_grad(set_to_none=True)

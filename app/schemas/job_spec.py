@@ -177,11 +177,26 @@ class DistillLossSpec(SpecModel):
 
 class DistillStage(StageSpec):
     loss: DistillLossSpec = Field(default_factory=DistillLossSpec)
-    teacher_outputs: Literal["auto", "cache", "live"] = Field(
+    teacher_outputs: Literal["auto", "cache", "views", "live"] = Field(
         "auto",
-        description="cache: compute the teacher's outputs once and reuse them every epoch "
-        "(needs augment none); live: a teacher pass each step; auto: cache when possible.",
+        description="cache: the teacher's outputs computed once, reused every epoch (needs "
+        "augment none); views: `teacher_views` fixed augmented views per sample, each with "
+        "cached outputs (FKD); live: a teacher pass every step. auto: cache without "
+        "augmentation; with it, views when teacher_views < epochs, else live.",
     )
+    teacher_views: int = Field(
+        4, ge=1, le=64, description="views: augmented views cached per sample."
+    )
+
+    @model_validator(mode="after")
+    def _outputs_fit_augment(self) -> DistillStage:
+        if self.teacher_outputs == "cache" and self.augment != "none":
+            raise ValueError(
+                'teacher_outputs "cache" needs augment "none" (use "views" or "live")'
+            )
+        if self.teacher_outputs == "views" and self.augment == "none":
+            raise ValueError('teacher_outputs "views" needs an augment other than "none"')
+        return self
 
 
 class FinetuneStage(StageSpec):

@@ -1,0 +1,229 @@
+"""The pipeline, distill and finetune kinds, run through the real queue and worker."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.worker.jobrun import events, run
+
+TEACHER = {
+    "source": "train",
+    "arch": "small_cnn",
+    "width": 1.0,
+    "train": {"dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "epochs": 2},
+}
+PIPELINE = {
+    "kind": "pipeline",
+    "name": "tiny-pipeline",
+    "seed": 0,
+    "teacher": TEACHER,
+    "student": {"arch": "small_cnn", "width": 0.25},
+    "distill": {"dataset": {"name": "digits", "labels": False}, "epochs": 2},
+    "finetune": {
+        "dataset": {"name": "digits", "classes": [5, 6, 7, 8, 9], "samples_per_class": 10},
+        "epochs": 3,
+        "batch_size": 16,
+    },
+}
+
+
+def spec(**changes) -> dict:
+    out = copy.deepcopy(PIPELINE)
+    out.update(copy.deepcopy(changes))
+    return out
+
+
+def stages_run(job_id: str) -> list[str]:
+    return [e["stage"] for e in events(job_id, "progress") if e.get("epoch") == 0]
+
+
+@pytest.mark.parametrize("strategy", ["distill_then_finetune", "finetune_then_distill"])
+def test_pipeline_strategies(env, strategy: str):
+    job = run(spec(strategy=strategy, baseline=True))
+    assert job.state == "SUCCEEDED", job.error
+    report = job.report
+    assert report["strategy"] == strategy
+    student, teacher = report["student"], report["teacher"]
+    assert student["arch"] == "small_cnn" and student["params"] < teacher["params"]
+    assert report["compression"] == pytest.approx(teacher["params"] / student["params"], rel=1e-3)
+    assert report["speedup"] == pytest.approx(
+        teacher["latency_ms"] / student["latency_ms"], rel=1e-2
+    )
+    assert 0.0 <= student["accuracy"] <= 1.0
+    assert report["baseline"]["params"] == student["params"]
+    assert "gain_over_baseline" in report
+    assert job.model_id is not None and job.metrics["accuracy"] == student["accuracy"]
+    if strategy == "distill_then_finetune":
+        # The teacher predicts the source classes (0-4), not the target's (5-9).
+        assert teacher["accuracy"] is None and "accuracy_note" in teacher
+        assert stages_run(job.id) == ["teacher", "distill", "finetune", "baseline"]
+    else:
+        assert teacher["accuracy"] is not None
+        assert stages_run(job.id) == [
+            "teacher",
+            "teacher_finetune",
+            "distill",
+            "finetune",
+            "baseline",
+        ]
+
+
+def test_same_spec_and_seed_reproduce_the_same_accuracy(env):
+    first = run(spec())
+    second = run(spec())
+    assert first.state == second.state == "SUCCEEDED"
+    assert first.metrics["accuracy"] == second.metrics["accuracy"]
+    assert first.metrics["loss"] == second.metrics["loss"]
+
+
+@pytest.mark.parametrize(
+    ("loss", "outputs", "augment"),
+    [
+        ({"type": "mse"}, "cache", "none"),
+        ({"type": "kl", "temperature": 2.0, "alpha": 0.5}, "live", "flip"),
+        ({"type": "hint"}, "views", "flip_crop"),
+        ({"type": "hint", "student_layer": "backbone.stage3"}, "live", "none"),
+    ],
+)
+def test_distill_losses_and_teacher_output_modes(env, loss, outputs, augment):
+    distill = {
+        "dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]},
+        "loss": loss,
+        "epochs": 2,
+        "teacher_outputs": outputs,
+        "augment": augment,
+        "teacher_views": 2,
+    }
+    job = run(
+        {
+            "kind": "distill",
+            "teacher": TEACHER,
+            "student": {"arch": "small_cnn", "width": 0.25},
+            "distill": distill,
+        }
+    )
+    assert job.state == "SUCCEEDED", job.error
+    logs = " ".join(
+        e["message"] for e in events(job.id, "log") + events(job.id, "progress") if "message" in e
+    )
+    assert f"teacher outputs: {outputs}" in logs
+    metric = events(job.id, "metric")[-1]
+    assert metric["stage"] == "distill" and 0.0 <= metric["val_agreement"] <= 1.0
+    # Same classes as the teacher: the student is evaluated and reported as such.
+    assert job.metrics["accuracy"] is not None
+    assert job.report["student"]["accuracy"] == job.metrics["accuracy"]
+
+
+def test_hint_from_a_resnet_teacher_into_small_cnn(env):
+    job = run(
+        {
+            "kind": "distill",
+            "teacher": {
+                "source": "train",
+                "arch": "resnet18",
+                "train": {
+                    "dataset": {"name": "digits", "classes": [0, 1], "samples_per_class": 16},
+                    "epochs": 1,
+                },
+            },
+            "student": {"arch": "small_cnn", "width": 0.25},
+            "distill": {
+                "dataset": {"name": "digits", "classes": [0, 1], "samples_per_class": 16},
+                "loss": {"type": "hint"},
+                "epochs": 1,
+            },
+        }
+    )
+    assert job.state == "SUCCEEDED", job.error
+    assert job.report["compression"] > 100
+
+
+def test_finetune_kind_with_kd_and_frozen_backbone(env):
+    base = run(
+        {
+            "kind": "train",
+            "model": {"arch": "small_cnn", "width": 0.5},
+            "train": {"dataset": {"name": "digits", "classes": [0, 1, 2]}, "epochs": 2},
+        }
+    )
+    assert base.state == "SUCCEEDED"
+    teacher = run(
+        {
+            "kind": "train",
+            "model": {"arch": "small_cnn", "width": 1.0},
+            "train": {"dataset": {"name": "digits", "classes": [3, 4]}, "epochs": 2},
+        }
+    )
+    job = run(
+        {
+            "kind": "finetune",
+            "model": {"source": "model", "model_id": base.model_id},
+            "teacher": {"source": "model", "model_id": teacher.model_id},
+            "finetune": {
+                "dataset": {"name": "digits", "classes": [3, 4], "samples_per_class": 8},
+                "epochs": 3,
+                "kd_weight": 0.5,
+                "freeze_backbone_epochs": 2,
+            },
+        }
+    )
+    assert job.state == "SUCCEEDED", job.error
+    history = [e for e in events(job.id, "metric") if e["stage"] == "finetune"]
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert job.metrics["accuracy"] is not None
+
+
+def test_size_search_skips_over_budget_and_picks_smallest_above_floor(env, client, alice):
+    candidates = [
+        {"arch": "small_cnn", "width": 0.25},
+        {"arch": "small_cnn", "width": 0.5},
+        {"arch": "small_cnn", "width": 4.0},
+    ]
+    job = run(
+        spec(
+            student={
+                "candidates": candidates,
+                "constraints": {"max_params": 100_000, "min_accuracy": 0.0},
+            }
+        )
+    )
+    assert job.state == "SUCCEEDED", job.error
+    report = job.report
+    entries = report["candidates"]
+    assert [e["index"] for e in entries] == [0, 1, 2]
+    assert (
+        entries[2]["skipped"].startswith("params ") and "max_params 100000" in entries[2]["skipped"]
+    )
+    assert entries[0]["skipped"] is None and entries[1]["skipped"] is None
+    assert report["chosen"] == 0 and report["constraints_met"] is True
+    assert report["student"]["params"] == entries[0]["params"]
+    # The size-search stages were run once per trained candidate only.
+    assert "distill.c2" not in stages_run(job.id)
+    r = client.get(f"/api/v1/jobs/{job.id}/plots/pareto.png", headers=alice)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    r = client.get(f"/api/v1/jobs/{job.id}/plots/learning_curves.svg", headers=alice)
+    assert r.status_code == 200 and b"<svg" in r.content
+
+
+def test_unreachable_accuracy_floor_serves_the_best_and_says_so(env):
+    job = run(
+        spec(
+            student={
+                "candidates": [
+                    {"arch": "small_cnn", "width": 0.25},
+                    {"arch": "small_cnn", "width": 0.5},
+                ],
+                "constraints": {"min_accuracy": 1.0},
+            }
+        )
+    )
+    # Three epochs on ten shots do not reach 100% (deterministic: the seed is fixed).
+    assert job.state == "SUCCEEDED", job.error
+    report = job.report
+    assert report["constraints_met"] is False
+    assert "no candidate reached min_accuracy 1.0" in report["chosen_reason"]
+    best = max(report["candidates"], key=lambda e: e["accuracy"])
+    assert report["chosen"] == best["index"]
+    assert all(e["skipped"].startswith("accuracy ") for e in report["candidates"])
