@@ -75,11 +75,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.db import get_write_sessionmaker
     from app.services.keys import create_key
 
-    with get_write_sessionmaker()() as session:
-        key = create_key(session, owner=args.owner)
+    try:
+        with get_write_sessionmaker()() as session:
+            key = create_key(session, owner=args.owner)
+    except ValueError as exc:
+        log.error("--owner: %s", exc)
+        return 2
+    except SQLAlchemyError as exc:
+        log.error(
+            "could not store the key (%s); is the database up and migrated (stillhouse migrate)?",
+            getattr(exc, "orig", None) or exc,
+        )
+        return 1
     sys.stdout.write(key + "\n")
     log.info("created a key for owner %r (only its hash is stored)", args.owner)
     return 0

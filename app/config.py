@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # Prediction limits: inputs per request and pixels per image.
     predict_max_batch: int = 256
     predict_max_pixels: int = 4096 * 4096
+    # Intra-op threads of one forward pass in the API process (torch and ONNX Runtime);
+    # 0 means half the cores (at least 1), leaving the rest to the event loop.
+    serving_threads: int = 0
+    # How long a prediction route remembers that a key may use a model (seconds; 0 = ask
+    # the database every time): a revoked key or a model deleted by another API process
+    # keeps predicting at most this long. See app/serving/lookup.py.
+    serving_lookup_ttl_seconds: float = 5.0
 
     # --- client ---
     api_url: str = "http://127.0.0.1:8000"

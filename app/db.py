@@ -17,14 +17,19 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def make_engine(url: str) -> Engine:
     """An engine with the pragmas and pool settings each backend needs."""
+    # The pool can grow past FastAPI's thread pool (40 threads): a request holds its
+    # connection until its dependencies are torn down, which needs a thread too; with fewer
+    # connections than threads, a burst can leave every thread waiting for a connection.
+    pool = {"pool_size": 10, "max_overflow": 45, "pool_timeout": 30}
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **pool,
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def _configure_sqlite(engine: Engine) -> None:

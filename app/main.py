@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from app import __version__
 from app.api.errors import install_error_handlers
-from app.api.routes import health, jobs
-from app.metrics import HTTP_LATENCY
+from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2
+from app.config import get_settings
+from app.metrics import TimingMiddleware
+from app.serving.server import ModelServer
 
 DESCRIPTION = """
 Stillhouse turns big models into small, fast, task-ready ones: submit a job spec, and a
@@ -23,31 +25,49 @@ Errors on `/api/v1` are RFC 9457 `application/problem+json`.
 """
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The model cache and batchers live as long as the app, on its event loop.
+    server = ModelServer(get_settings())
+    await server.start()
+    app.state.model_server = server
+    try:
+        yield
+    finally:
+        await server.close()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Stillhouse",
         version=__version__,
         description=DESCRIPTION,
+        lifespan=_lifespan,
         openapi_tags=[
             {"name": "jobs", "description": "Submit and follow training jobs."},
+            {"name": "datasets", "description": "Upload datasets (.npz or image folders)."},
+            {"name": "checkpoints", "description": "Upload teacher weights (safetensors)."},
+            {
+                "name": "models",
+                "description": "Finished students: list, get, delete, download, predict.",
+            },
+            {
+                "name": "inference (V2)",
+                "description": "Open Inference Protocol (KServe V2); the model name is its id.",
+            },
             {"name": "operations", "description": "Health and metrics."},
         ],
     )
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(plots.router)
+    app.include_router(datasets.router)
+    app.include_router(checkpoints.router)
+    app.include_router(models.router)
+    app.include_router(v2.router)
     app.include_router(health.router)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        HTTP_LATENCY.labels(request.method, template, str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
-
+    app.add_middleware(TimingMiddleware)
     return app
 
 

@@ -1,19 +1,36 @@
-"""A finished model's artifacts: model.safetensors, model.json (and model.onnx, see below).
+"""A finished model's artifacts: model.safetensors, model.json and model.onnx.
 
 The folder is written completely before the database row that points at it exists, and
-serving rebuilds the model from these files with the architecture registry alone.
+serving rebuilds the model from these files with the architecture registry alone (or
+from model.onnx with ONNX Runtime).
+
+ONNX: the whole `Network` (preprocessing included) is exported with a dynamic batch axis
+and fixed C, H, W (model.json `input.shape`), then checked against PyTorch on random
+inputs. An export that fails, or that ONNX Runtime cannot run, or whose answers disagree
+with PyTorch, leaves no model.onnx; model.json `onnx.error` says why, and the model is
+served by PyTorch. A disagreement is logged as an error: it is a bug in the exporter or
+in the architecture, never something to serve.
+
+Backends: PyTorch and ONNX Runtime are timed on CPU at batch 1 and 32, and
+model.json `backends.preferred` names the faster one, which serving takes by default.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
+import math
 import statistics
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -25,6 +42,14 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "stillhouse.model/v1"
 # Name of the input tensor, in model.json, the ONNX graph and the V2 metadata.
 INPUT_NAME = "input"
+# Name of the ONNX graph's output (and of the V2 output tensor).
+OUTPUT_NAME = "logits"
+ONNX_OPSET = 17
+# ONNX Runtime must agree with PyTorch within atol + rtol * max|logit| on random inputs.
+ONNX_ATOL = 1e-4
+ONNX_RTOL = 1e-3
+# Batch sizes timed for the backend choice.
+TIMED_BATCHES = (1, 32)
 
 
 @dataclass
@@ -79,9 +104,18 @@ def export_model(
     metrics: dict[str, Any],
     job_id: str | None,
     name: str | None,
+    onnx: bool = True,
+    time_backends: bool = True,
+    threads: int | None = None,
 ) -> ExportedModel:
-    """Write model.safetensors and model.json into `folder` (created)."""
+    """Write model.safetensors, model.onnx (when it exports and checks) and model.json.
+
+    `onnx=False` skips the ONNX file; `time_backends=False` skips the timing (the
+    backend choice then falls back to PyTorch). `threads` is the intra-op thread count
+    both backends are timed with (default: torch's current setting).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    net = _cpu_eval(net)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p)))
     meta = model_meta(
@@ -95,9 +129,199 @@ def export_model(
     )
     size = (folder / "model.safetensors").stat().st_size
     meta["size_bytes"] = size
-    meta["files"] = ["model.safetensors", "model.json"]
+    files = ["model.safetensors", "model.json"]
+    input_shape = meta["input"]["shape"]
+    onnx_bytes: bytes | None = None
+    if onnx:
+        onnx_bytes, meta["onnx"] = export_onnx(net, input_shape, scale=config.scale)
+        if onnx_bytes is not None:
+            atomic_write(folder / "model.onnx", lambda p: p.write_bytes(onnx_bytes))
+            files.append("model.onnx")
+    else:
+        meta["onnx"] = {"error": "ONNX export was not requested"}
+    if time_backends:
+        meta["backends"] = time_backends_ms(
+            net, onnx_bytes, input_shape, scale=config.scale, threads=threads
+        )
+    else:
+        meta["backends"] = {"preferred": "torch", "reason": "backends were not timed"}
+    meta["files"] = files
     atomic_write(folder / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     return ExportedModel(model_id, folder, meta, meta["params"], size)
+
+
+def _cpu_eval(net: Network) -> Network:
+    """The network in eval mode on the CPU (a copy when it lives elsewhere)."""
+    tensors = list(net.parameters()) + list(net.buffers())
+    if any(t.device.type != "cpu" for t in tensors):
+        net = copy.deepcopy(net).cpu()
+    return net.eval()
+
+
+def random_inputs(batch: int, input_shape: list[int], *, scale: float, seed: int = 0):
+    """Inputs on the model's own scale (0-1 or 0-255), as the served model gets them."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, *input_shape, generator=gen) * scale
+
+
+def export_onnx(
+    net: Network, input_shape: list[int], *, scale: float
+) -> tuple[bytes | None, dict[str, Any]]:
+    """The ONNX graph (or None) and what model.json records about it (`error` if None)."""
+    try:
+        data = onnx_bytes_of(net, input_shape, scale=scale)
+    except Exception as exc:
+        # Some torchvision archs use ops the exporter lacks; torch serving still works.
+        log.warning("ONNX export failed, serving with torch only: %s", exc)
+        return None, {"error": f"export failed: {type(exc).__name__}: {_first_line(exc)}"}
+    try:
+        max_diff, tolerance = check_onnx(net, data, input_shape, scale=scale)
+    except OnnxMismatchError as exc:
+        log.error("ONNX export disagrees with PyTorch, not kept: %s", exc)
+        return None, {"error": str(exc)}
+    except Exception as exc:
+        log.warning("ONNX Runtime cannot run the exported graph: %s", exc)
+        return None, {
+            "error": f"ONNX Runtime cannot run it: {type(exc).__name__}: {_first_line(exc)}"
+        }
+    return data, {
+        "opset": ONNX_OPSET,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "max_abs_diff": max_diff,
+        "tolerance": tolerance,
+        "size_bytes": len(data),
+    }
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:300]
+
+
+def onnx_bytes_of(net: Network, input_shape: list[int], *, scale: float) -> bytes:
+    """Export with the TorchScript exporter: it needs no onnxscript and handles every
+    registered arch we serve; H and W are fixed, the batch axis is dynamic."""
+    buffer = io.BytesIO()
+    example = random_inputs(2, input_shape, scale=scale)
+    with warnings.catch_warnings():
+        # The legacy exporter warns that it is legacy, and the tracer about shape checks
+        # in `Network.preprocess` that are constant for fixed H, W.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+class OnnxMismatchError(RuntimeError):
+    """ONNX Runtime's answers differ from PyTorch's beyond the tolerance."""
+
+
+def onnx_session(data: bytes | str, *, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@torch.inference_mode()
+def check_onnx(
+    net: torch.nn.Module, data: bytes, input_shape: list[int], *, scale: float
+) -> tuple[float, float]:
+    """(max |diff|, tolerance) over batches of 1 and 3; raises OnnxMismatchError beyond it.
+
+    Two batch sizes, so that a graph whose batch axis was frozen by the tracer fails here
+    rather than in serving.
+    """
+    session = onnx_session(data)
+    worst, tolerance = 0.0, 0.0
+    for seed, batch in enumerate((1, 3)):
+        x = random_inputs(batch, input_shape, scale=scale, seed=seed + 1)
+        expected = net(x).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise OnnxMismatchError(
+                f"ONNX output shape {list(got.shape)} != PyTorch {list(expected.shape)}"
+            )
+        diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+        tol = ONNX_ATOL + ONNX_RTOL * float(np.max(np.abs(expected), initial=0.0))
+        if not math.isfinite(diff) or diff > tol:
+            raise OnnxMismatchError(
+                f"ONNX Runtime disagrees with PyTorch at batch {batch}: "
+                f"max |diff| {diff:.3g} > tolerance {tol:.3g}"
+            )
+        worst, tolerance = max(worst, diff), max(tolerance, tol)
+    return worst, tolerance
+
+
+def _median_ms(
+    fn: Callable[[], Any], *, min_runs: int = 3, max_runs: int = 30, budget_s: float = 0.3
+) -> float:
+    """Median wall time of `fn` after two warm-up calls: at least `min_runs`, then more
+    until `max_runs` or `budget_s`, so that small models get many runs and big ones few."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (
+        len(times) < min_runs or time.perf_counter() - start < budget_s
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def time_backends_ms(
+    net: torch.nn.Module,
+    onnx_data: bytes | None,
+    input_shape: list[int],
+    *,
+    scale: float,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """PyTorch and ONNX Runtime on CPU, batch 1 and 32 (median ms); `preferred` is the one
+    with the smaller geometric mean of the two ratios (a tie goes to PyTorch)."""
+    previous = torch.get_num_threads()
+    threads = threads or previous
+    torch.set_num_threads(threads)
+    try:
+        out: dict[str, Any] = {"device": "cpu", "threads": threads, "torch": {}}
+        inputs = {b: random_inputs(b, input_shape, scale=scale) for b in TIMED_BATCHES}
+        for b, x in inputs.items():
+            out["torch"][f"batch_{b}_ms"] = round(_median_ms(lambda x=x: net(x)), 4)
+        if onnx_data is None:
+            out["preferred"] = "torch"
+            return out
+        session = onnx_session(onnx_data, threads=threads)
+        out["onnx"] = {}
+        for b, x in inputs.items():
+            feed = {INPUT_NAME: x.numpy()}
+            out["onnx"][f"batch_{b}_ms"] = round(
+                _median_ms(lambda feed=feed: session.run([OUTPUT_NAME], feed)), 4
+            )
+    finally:
+        torch.set_num_threads(previous)
+    ratios = [
+        out["onnx"][f"batch_{b}_ms"] / max(out["torch"][f"batch_{b}_ms"], 1e-6)
+        for b in TIMED_BATCHES
+    ]
+    out["onnx_over_torch"] = round(math.prod(ratios) ** (1 / len(ratios)), 4)
+    out["preferred"] = "onnx" if out["onnx_over_torch"] < 1.0 else "torch"
+    return out
 
 
 @torch.inference_mode()

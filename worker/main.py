@@ -37,6 +37,9 @@ from worker.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
+# After a failed claim (the database is unreachable), wait this long before the next (seconds).
+CLAIM_RETRY_SECONDS = 5.0
+
 
 def pick_device(setting: str) -> torch.device:
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
@@ -113,7 +116,13 @@ class Worker:
         done = 0
         while not self.stopping.is_set():
             self.maybe_sweep()
-            job = queue.claim_next(self.engine, self.worker_id)
+            try:
+                job = queue.claim_next(self.engine, self.worker_id)
+            except Exception:
+                # The database is away (restart, failover): wait and retry rather than exit.
+                log.exception("claiming a job failed; retrying in %.0fs", CLAIM_RETRY_SECONDS)
+                self.stopping.wait(max(self.settings.poll_seconds, CLAIM_RETRY_SECONDS))
+                continue
             if job is None:
                 self.stopping.wait(self.settings.poll_seconds)
                 continue
@@ -136,9 +145,10 @@ class Worker:
 
     def run_job(self, job: queue.ClaimedJob) -> None:
         control = JobControl()
+        # Published before the check: a signal arriving in between still reaches the job.
+        self.current = control
         if self.stopping.is_set():
             control.shutdown.set()
-        self.current = control
         heartbeat = Heartbeat(self.engine, job.id, self.worker_id, control, self.settings)
         heartbeat.start()
         reporter = Reporter(

@@ -179,16 +179,24 @@ def build_model(
     if spec.source == "checkpoint":
         assert spec.checkpoint_id is not None
         path, arch, ckpt_classes, meta = ctx.lookups.checkpoint(spec.checkpoint_id)
+        in_channels = int(meta.get("in_channels", data.channels))
+        mean, std = meta.get("mean"), meta.get("std")
+        if not mean or not std:
+            # No statistics came with the upload: use the data's, one value per channel of
+            # the checkpoint (a grey set's single value repeated for an RGB checkpoint).
+            data_mean, data_std = data.channel_stats()
+            repeat = in_channels if len(data_mean) == 1 else 1
+            mean, std = data_mean * repeat, data_std * repeat
         source = NetworkConfig(
             arch=arch,
             num_classes=ckpt_classes,
-            in_channels=int(meta.get("in_channels", data.channels)),
+            in_channels=in_channels,
             image_size=data.image_size,
             width=float(meta.get("width", 1.0)),
             input_size=spec.input_size or meta.get("input_size"),
             scale=data.scale,
-            mean=meta.get("mean") or data.channel_stats()[0],
-            std=meta.get("std") or data.channel_stats()[1],
+            mean=mean,
+            std=std,
         )
         config = adapt_config(source, data, ckpt_classes)
         net = build_network(config)
@@ -799,6 +807,18 @@ def _outcome(
         metrics=metrics,
         model_id=model_id,
     )
+    backends = exported.meta.get("backends") or {}
+    preferred = backends.get("preferred")
+    if report is not None and preferred in backends:
+        # report latencies are PyTorch eager for teacher and student alike (comparable);
+        # this is what the backend that will serve the student takes.
+        wanted = ctx.settings.serving_backend
+        backend = preferred if wanted == "auto" or wanted not in backends else wanted
+        report["student"]["serving"] = {
+            "backend": backend,
+            "latency_ms": backends[backend].get("batch_1_ms"),
+            "batch_32_ms": backends[backend].get("batch_32_ms"),
+        }
     return JobOutcome(model=exported, metrics=metrics, report=report)
 
 

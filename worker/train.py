@@ -150,6 +150,15 @@ def fit(
     optimiser holds every parameter, and frozen ones simply get no gradient.
     """
     started = time.perf_counter()
+    cuda = device.type == "cuda"
+    if cuda:
+        # Fixed input shapes: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    bf16 = stage.precision == "bf16" or (stage.precision == "auto" and cuda)
+    # The compiled module shares parameters with `model`; checkpoints use `model`.
+    step_model = torch.compile(model) if stage.compile else model
+    data_x, data_y = resident_data(train, device)
     trainable = list(model.parameters())
     if extra_modules is not None:
         trainable += list(extra_modules.parameters())
@@ -187,11 +196,16 @@ def fit(
         for step, idx in enumerate(batches):
             control.check()
             t0 = time.perf_counter()
-            x = train.x[idx].to(device, non_blocking=True).float()
+            x = data_x[idx.to(data_x.device)].to(device, non_blocking=True).float()
             if stage.augment != "none":
                 x = random_augment(x, stage.augment, gen)
-            y = train.y[idx].to(device, non_blocking=True) if train.y is not None else None
-            loss, logits = objective(model, x, y, idx)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = None
+            if data_y is not None:
+                y = data_y[idx.to(data_y.device)].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, logits = objective(step_model, x, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -217,11 +231,14 @@ def fit(
         values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
         if train.y is not None:
             values["train_accuracy"] = int(correct) / max(1, seen)
-        if eval_fn is not None:
+        last = epoch + 1 == stage.epochs
+        due = stage.eval_every > 0 and (epoch + 1) % stage.eval_every == 0
+        if eval_fn is not None and (last or due):
             t_eval = time.perf_counter()
             values.update({f"val_{k}": v for k, v in eval_fn(model).items()})
             model.train()
-            eval_seconds = time.perf_counter() - t_eval
+            # Spread over the epochs between evaluations, for the ETA.
+            eval_seconds = (time.perf_counter() - t_eval) / max(1, stage.eval_every)
         result.history.append({"epoch": epoch + 1, **values})
         sink.metric(stage=stage_name, epoch=epoch + 1, values=values)
         if checkpoints is not None:
@@ -240,6 +257,24 @@ def fit(
         result.epochs_run += 1
     result.seconds = time.perf_counter() - started
     return result
+
+
+# Keep a dataset on the GPU when it takes at most this share of the free memory.
+GPU_RESIDENT_SHARE = 0.4
+
+
+def resident_data(
+    data: InMemoryData, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tensors batches are indexed from: on the GPU when the set fits there (no copy
+    per step), else pinned host memory for asynchronous copies; as they are on a CPU."""
+    if device.type != "cuda":
+        return data.x, data.y
+    free, _total = torch.cuda.mem_get_info(device)
+    if data.x.numel() * data.x.element_size() <= GPU_RESIDENT_SHARE * free:
+        y = data.y.to(device) if data.y is not None else None
+        return data.x.to(device), y
+    return data.x.pin_memory(), data.y.pin_memory() if data.y is not None else None
 
 
 class NullSink:

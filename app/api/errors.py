@@ -105,12 +105,23 @@ def location(loc: tuple[Any, ...], body: Any = None) -> str:
 def validation_errors(errors: list[dict[str, Any]], body: Any = None) -> list[dict[str, str]]:
     out = []
     for err in errors:
-        field = location(tuple(err.get("loc", ())), body)
+        kind = err.get("type")
+        loc = tuple(err.get("loc", ()))
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
+        if kind == "json_invalid":
+            # FastAPI puts the character offset where a field name would go.
+            loc = loc[:1]
+            ctx = err.get("ctx") or {}
+            offset = err.get("loc", (None, None))[-1]
+            message = f"not valid JSON: {ctx.get('error', 'decode error')} at character {offset}"
+        field = location(loc, body)
+        if kind == "extra_forbidden":
             message = "unknown field"
-        elif err.get("type") == "union_tag_invalid":
-            message = str(err.get("msg"))
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            # The field at fault is the discriminator (the job's `kind`), not the whole body.
+            tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'\"")
+            if tag:
+                field = tag if field == "body" else f"{field}.{tag}"
         out.append(field_error(field, message))
     return out
 

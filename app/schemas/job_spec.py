@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class SpecModel(BaseModel):
@@ -21,12 +21,13 @@ class SpecModel(BaseModel):
 class DatasetRef(SpecModel):
     """A dataset by registry name or by uploaded id, with optional filters."""
 
+    id: str | None = Field(None, description="An uploaded dataset's id (POST /api/v1/datasets).")
     name: str | None = Field(
         None,
         description='"digits", "synthetic" or "torchvision:<Name>" (e.g. torchvision:FashionMNIST)',
         examples=["digits"],
+        validate_default=True,
     )
-    id: str | None = Field(None, description="An uploaded dataset's id (POST /api/v1/datasets).")
     classes: list[int | str] | None = Field(
         None,
         description="Keep only these classes (indices or names), relabelled 0..k-1 in this order.",
@@ -54,16 +55,23 @@ class DatasetRef(SpecModel):
     )
     seed: int | None = Field(None, ge=0, description="synthetic only: generator seed")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> DatasetRef:
-        if (self.name is None) == (self.id is None):
-            raise ValueError('give exactly one of "name" or "id"')
-        synthetic_only = ("num_classes", "channels", "num_samples", "seed")
-        if self.name != "synthetic":
-            for field in synthetic_only:
-                if getattr(self, field) is not None:
-                    raise ValueError(f'"{field}" applies only to the synthetic dataset')
-        return self
+    # Field validators (not a model validator) so that errors name the field at fault.
+    @field_validator("name")
+    @classmethod
+    def _name_or_id(cls, name: str | None, info: ValidationInfo) -> str | None:
+        has_id = info.data.get("id") is not None
+        if name is None and not has_id:
+            raise ValueError('give a dataset "name" (or an uploaded dataset\'s "id")')
+        if name is not None and has_id:
+            raise ValueError('give "name" or "id", not both')
+        return name
+
+    @field_validator("num_classes", "channels", "num_samples", "seed")
+    @classmethod
+    def _synthetic_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("name") != "synthetic":
+            raise ValueError("applies only to the synthetic dataset")
+        return value
 
 
 # --------------------------------------------------------------------------- training
@@ -93,6 +101,15 @@ class StageSpec(SpecModel):
         "none", description="Random augmentation, applied to tensors in batch."
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    eval_every: int = Field(
+        1, ge=0, description="Evaluate every this many epochs (0: the last epoch only)."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU, fp32 on a CPU."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the network for this stage (pays off on long GPU runs)."
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -104,14 +121,18 @@ class ModelSpec(SpecModel):
         description="scratch: random init; train: train `arch` on `train` first; torchvision: "
         "pretrained `weights`; checkpoint: an upload; model: an earlier job's student.",
     )
-    arch: str | None = Field(None, examples=["small_cnn", "resnet18"])
+    arch: str | None = Field(None, examples=["small_cnn", "resnet18"], validate_default=True)
     width: float = Field(1.0, gt=0, le=8, description="Channel multiplier (small_cnn).")
     weights: str | None = Field(
-        None, description="torchvision weights enum name, e.g. IMAGENET1K_V1 (source torchvision)."
+        None,
+        description="torchvision weights enum name, e.g. IMAGENET1K_V1 (source torchvision).",
+        validate_default=True,
     )
-    checkpoint_id: str | None = None
-    model_id: str | None = None
-    train: StageSpec | None = Field(None, description="source train: the source-task training.")
+    checkpoint_id: str | None = Field(None, validate_default=True)
+    model_id: str | None = Field(None, validate_default=True)
+    train: StageSpec | None = Field(
+        None, description="source train: the source-task training.", validate_default=True
+    )
     input_size: int | None = Field(
         None,
         ge=8,
@@ -120,25 +141,34 @@ class ModelSpec(SpecModel):
         "data's size, raised to what the architecture needs (32 for torchvision conv nets).",
     )
 
-    @model_validator(mode="after")
-    def _source_fields(self) -> ModelSpec:
-        needs = {
-            "scratch": ["arch"],
-            "train": ["arch", "train"],
-            "torchvision": ["arch", "weights"],
-            "checkpoint": ["checkpoint_id"],
-            "model": ["model_id"],
-        }[self.source]
-        for field in needs:
-            if getattr(self, field) is None:
-                raise ValueError(f'source "{self.source}" needs "{field}"')
-        owned = {"weights": "torchvision", "checkpoint_id": "checkpoint", "model_id": "model"}
-        for field, source in owned.items():
-            if getattr(self, field) is not None and self.source != source:
-                raise ValueError(f'"{field}" applies only to source "{source}"')
-        if self.train is not None and self.source != "train":
-            raise ValueError('"train" applies only to source "train"')
-        return self
+    @field_validator("arch", "weights", "checkpoint_id", "model_id", "train")
+    @classmethod
+    def _fits_source(cls, value: Any, info: ValidationInfo) -> Any:
+        source = info.data.get("source")
+        if source is None:  # the source itself was invalid, and is reported
+            return value
+        field = info.field_name
+        if value is None and field in _NEEDED_BY_SOURCE[source]:
+            raise ValueError(f'required when source is "{source}"')
+        owner = _ONLY_FOR_SOURCE.get(field or "")
+        if value is not None and owner is not None and source != owner:
+            raise ValueError(f'applies only to source "{owner}"')
+        return value
+
+
+_NEEDED_BY_SOURCE = {
+    "scratch": ("arch",),
+    "train": ("arch", "train"),
+    "torchvision": ("arch", "weights"),
+    "checkpoint": ("checkpoint_id",),
+    "model": ("model_id",),
+}
+_ONLY_FOR_SOURCE = {
+    "weights": "torchvision",
+    "checkpoint_id": "checkpoint",
+    "model_id": "model",
+    "train": "train",
+}
 
 
 class Constraints(SpecModel):
@@ -191,9 +221,7 @@ class DistillStage(StageSpec):
     @model_validator(mode="after")
     def _outputs_fit_augment(self) -> DistillStage:
         if self.teacher_outputs == "cache" and self.augment != "none":
-            raise ValueError(
-                'teacher_outputs "cache" needs augment "none" (use "views" or "live")'
-            )
+            raise ValueError('teacher_outputs "cache" needs augment "none" (use "views" or "live")')
         if self.teacher_outputs == "views" and self.augment == "none":
             raise ValueError('teacher_outputs "views" needs an augment other than "none"')
         return self

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
-from app.api.errors import ProblemError, field_error
+from app.api.errors import field_error, invalid
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -26,11 +26,9 @@ def decode_token(token: str) -> tuple[datetime, str]:
         data = json.loads(raw)
         return datetime.fromisoformat(data["c"]), str(data["i"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ProblemError(
-            422,
-            "page_token is not one this service issued",
-            errors=[field_error("query.page_token", "malformed token")],
-            type_="invalid",
+        raise invalid(
+            [field_error("query.page_token", "malformed token")],
+            detail="page_token is not one this service issued",
         ) from exc
 
 

@@ -208,7 +208,13 @@ class SpecChecker:
         """The evaluation set (default: the target's test split); with `must_match`, it
         must have the classes the served model predicts."""
         evaluate = spec.evaluate or default_evaluate(target)
+        before = len(self.errors)
         data = self.labelled_dataset(evaluate.dataset, "evaluate.dataset")
+        if spec.evaluate is None:
+            # The default set is the target's test split: a problem the two share is already
+            # reported under the target's field, the one the user wrote; say it once.
+            seen = {e["message"] for e in self.errors[:before]}
+            self.errors[before:] = [e for e in self.errors[before:] if e["message"] not in seen]
         if must_match and data is not None and classes is not None and data.num_classes != classes:
             self.error(
                 "evaluate.dataset",

@@ -55,6 +55,9 @@ def test_pipeline_strategies(env, strategy: str):
     assert report["baseline"]["params"] == student["params"]
     assert "gain_over_baseline" in report
     assert job.model_id is not None and job.metrics["accuracy"] == student["accuracy"]
+    # The served backend's own latency, measured at export, beside the eager figures.
+    assert student["serving"]["backend"] in ("onnx", "torch")
+    assert student["serving"]["latency_ms"] > 0
     if strategy == "distill_then_finetune":
         # The teacher predicts the source classes (0-4), not the target's (5-9).
         assert teacher["accuracy"] is None and "accuracy_note" in teacher
@@ -227,3 +230,23 @@ def test_unreachable_accuracy_floor_serves_the_best_and_says_so(env):
     best = max(report["candidates"], key=lambda e: e["accuracy"])
     assert report["chosen"] == best["index"]
     assert all(e["skipped"].startswith("accuracy ") for e in report["candidates"])
+
+
+def test_eval_every_and_bf16_precision_on_cpu(env):
+    job = run(
+        {
+            "kind": "train",
+            "model": {"arch": "small_cnn", "width": 0.25},
+            "train": {
+                "dataset": {"name": "digits", "classes": [0, 1]},
+                "epochs": 5,
+                "eval_every": 2,
+                "precision": "bf16",
+            },
+        }
+    )
+    assert job.state == "SUCCEEDED", job.error
+    metrics = [e for e in events(job.id, "metric") if e["stage"] == "train"]
+    evaluated = [e["epoch"] for e in metrics if "val_accuracy" in e]
+    # Every second epoch, and always the last.
+    assert evaluated == [2, 4, 5]

@@ -1,0 +1,138 @@
+"""/api/v1/checkpoints: upload teacher weights (safetensors), list, get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
+from app.schemas.checkpoint import CheckpointList, CheckpointOut
+from app.services import checkpoints as checkpoints_service
+from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from app.services.upload_io import receive_upload
+
+router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
+
+PROBLEM = {"model": dict, "content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key", **PROBLEM},
+    404: {"description": "No such checkpoint (or another owner's)", **PROBLEM},
+    422: {"description": "Invalid request; `errors` names each field", **PROBLEM},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"description": "Malformed multipart body", **PROBLEM},
+    413: {"description": "Larger than STILLHOUSE_MAX_UPLOAD_BYTES", **PROBLEM},
+    415: {"description": "Not multipart/form-data", **PROBLEM},
+    422: {
+        "description": "Bad form field, or the file does not fit the architecture; the "
+        "message names the missing, unexpected or mis-shaped tensors",
+        **PROBLEM,
+    },
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "arch", "num_classes"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A safetensors state dict: a bare backbone's "
+                            "(torchvision names) or a whole Network's (backbone. prefixes).",
+                        },
+                        "arch": {"type": "string", "examples": ["resnet18"]},
+                        "num_classes": {"type": "integer", "minimum": 1},
+                        "width": {"type": "number", "description": "small_cnn only"},
+                        "in_channels": {"type": "integer", "enum": [1, 3]},
+                        "input_size": {"type": "integer", "minimum": 8, "maximum": 1024},
+                        "mean": {"type": "string", "examples": ["0.485,0.456,0.406"]},
+                        "std": {"type": "string", "examples": ["0.229,0.224,0.225"]},
+                        "name": {"type": "string", "maxLength": 200},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CheckpointOut,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a checkpoint (safetensors) to use as a teacher",
+)
+async def create_checkpoint(
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    auth_session: SessionDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+) -> CheckpointOut:
+    # Give the key lookup's connection back before a possibly long upload.
+    auth_session.close()
+    async with receive_upload(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        dest_dir=settings.artifact_dir / "checkpoints",
+    ) as upload:
+        row = await run_in_threadpool(
+            checkpoints_service.create_checkpoint,
+            session,
+            owner=owner,
+            upload=upload,
+            artifact_dir=settings.artifact_dir,
+        )
+    response.headers["Location"] = f"/api/v1/checkpoints/{row.id}"
+    return checkpoints_service.checkpoint_out(row)
+
+
+@router.get(
+    "", response_model=CheckpointList, responses=ERRORS, summary="List checkpoints, newest first"
+)
+def list_checkpoints(
+    owner: OwnerDep,
+    session: SessionDep,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query()] = None,
+) -> CheckpointList:
+    rows, token = checkpoints_service.list_checkpoints(
+        session, owner=owner, page_size=page_size, page_token=page_token
+    )
+    return CheckpointList(
+        checkpoints=[checkpoints_service.checkpoint_out(r) for r in rows], next_page_token=token
+    )
+
+
+@router.get(
+    "/{checkpoint_id}", response_model=CheckpointOut, responses=ERRORS, summary="Get a checkpoint"
+)
+def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> CheckpointOut:
+    return checkpoints_service.checkpoint_out(
+        checkpoints_service.get_owned(session, owner, checkpoint_id)
+    )
+
+
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=204,
+    responses={**ERRORS, 409: {"description": "An unfinished job uses the checkpoint", **PROBLEM}},
+    summary="Delete a checkpoint and its stored file",
+)
+def delete_checkpoint(
+    checkpoint_id: str, owner: OwnerDep, session: WriteSessionDep, settings: SettingsDep
+) -> Response:
+    checkpoints_service.delete_checkpoint(
+        session, owner=owner, checkpoint_id=checkpoint_id, artifact_dir=settings.artifact_dir
+    )
+    return Response(status_code=204)

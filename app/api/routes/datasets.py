@@ -1,0 +1,132 @@
+"""/api/v1/datasets: upload (validated on arrival), list, get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
+from app.schemas.dataset import DatasetList, DatasetOut
+from app.services import datasets as datasets_service
+from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from app.services.upload_io import receive_upload
+
+router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+
+PROBLEM = {"model": dict, "content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key", **PROBLEM},
+    404: {"description": "No such dataset (or another owner's)", **PROBLEM},
+    422: {"description": "Invalid request; `errors` names each field", **PROBLEM},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"description": "Malformed multipart body", **PROBLEM},
+    413: {"description": "Larger than STILLHOUSE_MAX_UPLOAD_BYTES", **PROBLEM},
+    415: {"description": "Not multipart/form-data", **PROBLEM},
+    422: {
+        "description": "The data failed validation; `errors[0].message` names the array, "
+        "key or path inside the zip at fault",
+        **PROBLEM,
+    },
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "An .npz with x, optional y and class_names, or a "
+                            "zip of class folders of PNG/JPEG images (see docs/datasets.md).",
+                        },
+                        "name": {"type": "string", "maxLength": 200},
+                        "image_size": {
+                            "type": "integer",
+                            "minimum": 8,
+                            "maximum": 512,
+                            "description": "Resize every image to this many pixels a side.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a dataset (.npz or zip of class folders)",
+)
+async def create_dataset(
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    auth_session: SessionDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+) -> DatasetOut:
+    # Give the key lookup's connection back before a possibly long upload.
+    auth_session.close()
+    async with receive_upload(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        dest_dir=settings.artifact_dir / "datasets",
+    ) as upload:
+        row = await run_in_threadpool(
+            datasets_service.create_dataset,
+            session,
+            owner=owner,
+            upload=upload,
+            artifact_dir=settings.artifact_dir,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+    response.headers["Location"] = f"/api/v1/datasets/{row.id}"
+    return datasets_service.dataset_out(row)
+
+
+@router.get("", response_model=DatasetList, responses=ERRORS, summary="List datasets, newest first")
+def list_datasets(
+    owner: OwnerDep,
+    session: SessionDep,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query()] = None,
+) -> DatasetList:
+    rows, token = datasets_service.list_datasets(
+        session, owner=owner, page_size=page_size, page_token=page_token
+    )
+    return DatasetList(
+        datasets=[datasets_service.dataset_out(r) for r in rows], next_page_token=token
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=ERRORS, summary="Get a dataset")
+def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetOut:
+    return datasets_service.dataset_out(datasets_service.get_owned(session, owner, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={**ERRORS, 409: {"description": "An unfinished job uses the dataset", **PROBLEM}},
+    summary="Delete a dataset and its stored file",
+)
+def delete_dataset(
+    dataset_id: str, owner: OwnerDep, session: WriteSessionDep, settings: SettingsDep
+) -> Response:
+    datasets_service.delete_dataset(
+        session, owner=owner, dataset_id=dataset_id, artifact_dir=settings.artifact_dir
+    )
+    return Response(status_code=204)

@@ -1,0 +1,184 @@
+"""Backends that run a finished student: PyTorch (safetensors + the architecture registry)
+or ONNX Runtime (model.onnx). Neither ever unpickles anything.
+
+Both take float32 inputs [N, C, H, W] on the model's own scale, with H and W as in
+model.json `input.shape` (app.serving.inputs resizes other sizes first), and answer
+float32 logits [N, classes].
+
+Choice (`choose_backend`): on a GPU (`serving_device=cuda`) always PyTorch; otherwise the
+`serving_backend` setting, where `auto` takes the one that the export measured faster
+(model.json `backends.preferred`). A model without model.onnx (its export failed; model.json
+`onnx.error` says why) is served by PyTorch whatever the setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from worker.nets import NetworkConfig, build_network
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's artifacts are missing or unreadable on this server."""
+
+
+class Backend(Protocol):
+    name: str
+    size_bytes: int
+
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What serving needs from a model's row: its id, artifact folder and model.json."""
+
+    id: str
+    folder: Path
+    meta: dict[str, Any]
+
+
+@dataclass
+class LoadedModel:
+    """A student in memory, with what prediction needs to shape inputs and name outputs."""
+
+    id: str
+    backend: Backend
+    classes: list[str]
+    # (C, H, W) of the inputs the backend takes.
+    input_shape: tuple[int, int, int]
+    # The training data's scale: inputs are 0-1 (1.0) or 0-255 (255.0) on it.
+    scale: float
+    meta: dict[str, Any] = field(repr=False)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.backend.size_bytes
+
+
+class TorchBackend:
+    """The Network rebuilt from the registry, weights from model.safetensors."""
+
+    name = "torch"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], device: torch.device) -> None:
+        config = NetworkConfig.from_json(meta["network"])
+        weights = load_file(str(folder / "model.safetensors"), device="cpu")
+        # The meta device builds the skeleton without allocating or initialising weights;
+        # `assign=True` then adopts the loaded tensors as they are. A module with state
+        # outside its state dict (non-persistent buffers) is rebuilt the ordinary way.
+        with torch.device("meta"):
+            net = build_network(config)
+        net.load_state_dict(weights, strict=True, assign=True)
+        if any(t.is_meta for t in (*net.parameters(), *net.buffers())):
+            net = build_network(config)
+            net.load_state_dict(weights, strict=True)
+        self.net = net.eval().to(device)
+        self.device = device
+        self.size_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+
+    @torch.inference_mode()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.net(torch.from_numpy(x).to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session on model.onnx (CPU)."""
+
+    name = "onnx"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], threads: int) -> None:
+        import onnxruntime as ort
+
+        path = folder / "model.onnx"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # One batch at a time per model: the batcher already serialises calls.
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = meta.get("onnx", {}).get("input", INPUT_NAME)
+        self.output_name = meta.get("onnx", {}).get("output", OUTPUT_NAME)
+        self.size_bytes = path.stat().st_size
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def choose_backend(meta: dict[str, Any], folder: Path, *, setting: str, device: str) -> str:
+    """'torch' or 'onnx' for this model under the serving settings (see the module doc)."""
+    if device == "cuda":
+        return "torch"
+    has_onnx = "model.onnx" in meta.get("files", []) and (folder / "model.onnx").is_file()
+    if setting == "torch" or not has_onnx:
+        if setting == "onnx":
+            reason = meta.get("onnx", {}).get("error", "model.onnx is missing")
+            log.warning("model %s has no ONNX graph (%s); serving with torch", meta["id"], reason)
+        return "torch"
+    if setting == "onnx":
+        return "onnx"
+    return "onnx" if meta.get("backends", {}).get("preferred") == "onnx" else "torch"
+
+
+def serving_threads(setting: int) -> int:
+    """Intra-op threads for one forward pass; 0 = half the cores, at least one.
+
+    The event loop (HTTP parsing, JSON, auth) needs a core of its own, and small students
+    run faster on one thread than on many, so the default leaves half the machine free.
+    """
+    if setting > 0:
+        return setting
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def serving_device(setting: str) -> torch.device:
+    if setting == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning("STILLHOUSE_SERVING_DEVICE=cuda but no CUDA device is visible; using cpu")
+    return torch.device("cpu")
+
+
+def load_model(ref: ModelRef, *, setting: str, device: torch.device, threads: int) -> LoadedModel:
+    """Load a student; ModelUnavailableError when its files are missing or unreadable."""
+    meta = ref.meta
+    try:
+        shape = tuple(int(v) for v in meta["input"]["shape"])
+        c, h, w = shape
+        scale = float(meta["input"].get("scale", meta["network"].get("scale", 1.0)))
+        classes = [str(name) for name in meta["classes"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelUnavailableError(f"model {ref.id}: model.json lacks {exc}") from exc
+    choice = choose_backend(meta, ref.folder, setting=setting, device=device.type)
+    needed = "model.onnx" if choice == "onnx" else "model.safetensors"
+    if not (ref.folder / needed).is_file():
+        raise ModelUnavailableError(f"model {ref.id}: its artifact {needed} is missing")
+    try:
+        backend: Backend
+        if choice == "onnx":
+            backend = OnnxBackend(ref.folder, meta, threads)
+        else:
+            backend = TorchBackend(ref.folder, meta, device)
+    except Exception as exc:
+        log.exception("model %s: loading with %s failed", ref.id, choice)
+        raise ModelUnavailableError(
+            f"model {ref.id}: its {choice} artifacts cannot be loaded ({type(exc).__name__})"
+        ) from exc
+    log.info("model %s loaded with %s (%d bytes)", ref.id, backend.name, backend.size_bytes)
+    return LoadedModel(ref.id, backend, classes, (c, h, w), scale, meta)

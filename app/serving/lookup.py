@@ -1,0 +1,69 @@
+"""Who may predict with which model: the key check and model lookup of the prediction
+routes, remembered for a few seconds.
+
+A prediction of a small student costs well under a millisecond; two database queries
+(the key, the model row) on every request would cost more than the prediction itself and
+take a pooled connection each time. So each (key, model id) pair that was allowed is
+remembered for `serving_lookup_ttl_seconds` (default 5 s; 0 turns this off).
+
+What that means: a key revoked, or a model deleted through another API process, may keep
+predicting for up to that long; a model deleted through this process stops at once
+(`forget_model`). Refusals are never remembered: a 401 or 404 is always fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+
+from starlette.requests import Request
+
+from app.serving.backends import ModelRef
+
+# Entries kept at most; the oldest go first.
+MAX_ENTRIES = 10_000
+
+
+class LookupCache:
+    def __init__(self, ttl_seconds: float, max_entries: int = MAX_ENTRIES) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str, ModelRef]] = OrderedDict()
+
+    @staticmethod
+    def _key(request: Request, model_id: str) -> tuple[str, str]:
+        # The header's hash, so that keys do not sit in memory in the clear.
+        header = request.headers.get("authorization", "")
+        return hashlib.sha256(header.encode()).hexdigest(), model_id
+
+    def get(self, request: Request, model_id: str) -> tuple[str, ModelRef] | None:
+        if self.ttl <= 0:
+            return None
+        key = self._key(request, model_id)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires, owner, ref = entry
+            if expires < time.monotonic():
+                del self._entries[key]
+                return None
+            return owner, ref
+
+    def put(self, request: Request, model_id: str, owner: str, ref: ModelRef) -> None:
+        if self.ttl <= 0:
+            return
+        key = self._key(request, model_id)
+        with self._lock:
+            self._entries[key] = (time.monotonic() + self.ttl, owner, ref)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def forget_model(self, model_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[1] == model_id]:
+                del self._entries[key]

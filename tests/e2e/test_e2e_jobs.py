@@ -1,0 +1,220 @@
+"""End to end: the real `stillhouse api` and `stillhouse worker` processes over HTTP, both backends.
+
+The tests run in file order per backend and share the stack's workers where that is safe:
+each asks for the workers it needs (the stack starts two with the API), and the ones that
+kill workers come last, so that few workers have to be started (each start costs seconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.conftest import TINY_SPEC, Event, Stack, long_spec, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def states(events: list[Event]) -> list[str]:
+    return [e.data["state"] for e in events if e.type == "state"]
+
+
+def metric_epochs(events: list[Event], stage: str = "train") -> list[int]:
+    return [e.data["epoch"] for e in events if e.type == "metric" and e.data["stage"] == stage]
+
+
+def pid_of(worker_id: str) -> int:
+    return int(worker_id.split(":")[-2])
+
+
+def test_two_workers_race_for_twenty_jobs(stack: Stack):
+    workers = stack.workers(2, exactly=True)
+    jobs = [stack.submit({**TINY_SPEC, "name": f"race-{i}"}) for i in range(20)]
+
+    def all_finished() -> list[dict] | None:
+        listed = stack.client().get("/api/v1/jobs", params={"page_size": 50}).json()["jobs"]
+        finished = [j for j in listed if j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED")]
+        return listed if len(finished) == len(jobs) else None
+
+    listed = wait_for("twenty jobs to finish", all_finished, timeout=180, on_fail=stack.logs())
+    assert {j["state"] for j in listed} == {"SUCCEEDED"}
+    assert all(j["attempts"] == 1 for j in listed)
+    ran_on: dict[int, int] = {}
+    for job in jobs:
+        running = [e.data for e in stack.events(job["id"]) if e.data.get("state") == "RUNNING"]
+        assert len(running) == 1 and running[0]["attempt"] == 1, (job["id"], running)
+        pid = pid_of(running[0]["worker"])
+        ran_on[pid] = ran_on.get(pid, 0) + 1
+    assert set(ran_on) <= {w.pid for w in workers}
+    # Both were idle and polling: each takes some of twenty jobs.
+    assert len(ran_on) == 2, ran_on
+
+
+def test_submit_and_follow_the_event_stream(stack: Stack):
+    stack.workers(1)
+    job = stack.submit(TINY_SPEC)
+    # Read live: the stream starts before the job runs and ends after its final state.
+    events = stack.events(job["id"])
+    ids = [e.id for e in events]
+    assert all(a < b for a, b in itertools.pairwise(ids)), ids
+    assert states(events) == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert events[-1].type == "state" and events[-1].data["model_id"]
+    assert {"progress", "metric"} <= {e.type for e in events}
+    assert stack.job(job["id"])["state"] == "SUCCEEDED"
+
+    middle = ids[len(ids) // 2]
+    resumed = stack.events(job["id"], last_event_id=middle)
+    assert resumed == [e for e in events if e.id > middle]
+    assert stack.events(job["id"], last_event_id=ids[-1]) == []
+
+
+def test_cli_submit_wait(stack: Stack):
+    stack.workers(1)
+    env = {"STILLHOUSE_API_URL": str(stack.client().base_url), "STILLHOUSE_API_KEY": stack.key}
+    done = stack.run_cli("submit", str(EXAMPLES / "train_digits.json"), "--wait", **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, _, rest = done.stdout.partition("\n")
+    queued = json.loads(first)
+    final = json.loads(rest)
+    assert final["id"] == queued["id"] and final["state"] == "SUCCEEDED"
+    assert final["model_id"] and final["metrics"]["accuracy"] > 0.5
+
+    status = stack.run_cli("status", queued["id"], **env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "SUCCEEDED"
+
+    bad = stack.run_cli(
+        "submit", str(EXAMPLES / "train_digits.json"), **{**env, "STILLHOUSE_API_KEY": "nope"}
+    )
+    assert bad.returncode == 1 and "401" in bad.stderr
+
+
+PIPELINE_SPEC = {
+    "kind": "pipeline",
+    "name": "e2e-pipeline",
+    "baseline": True,
+    "teacher": {
+        "source": "train",
+        "arch": "small_cnn",
+        "train": {"dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "epochs": 2},
+    },
+    "student": {"arch": "small_cnn", "width": 0.25},
+    "distill": {"dataset": {"name": "digits", "labels": False}, "epochs": 2},
+    "finetune": {
+        "dataset": {"name": "digits", "classes": [5, 6, 7, 8, 9], "samples_per_class": 10},
+        "epochs": 3,
+        "batch_size": 10,
+    },
+}
+
+
+def test_pipeline_end_to_end_over_http(stack: Stack):
+    stack.workers(1)
+    job = stack.submit(PIPELINE_SPEC)
+    events = stack.events(job["id"])
+    assert states(events) == ["QUEUED", "RUNNING", "SUCCEEDED"], stack.logs()
+    started = [e.data["stage"] for e in events if e.type == "progress" and e.data.get("epoch") == 0]
+    assert started == ["teacher", "distill", "finetune", "baseline"]
+    done = stack.job(job["id"])
+    report = done["report"]
+    assert report["strategy"] == "distill_then_finetune"
+    assert report["compression"] > 10 and report["student"]["accuracy"] is not None
+    assert set(report["baseline"]) >= {"accuracy", "params", "size_bytes", "latency_ms"}
+
+    http = stack.client()
+    history = http.get(f"/api/v1/jobs/{job['id']}/metrics").json()
+    assert set(history["stages"]) == {"teacher", "distill", "finetune", "baseline"}
+    curves = http.get(f"/api/v1/jobs/{job['id']}/plots/learning_curves.png")
+    assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
+    assert http.get(f"/api/v1/jobs/{job['id']}/plots/pareto.png").status_code == 404
+
+    # The finished student answers predictions, labelled with the target's classes.
+    model = http.get(f"/api/v1/models/{done['model_id']}").json()
+    assert model["classes"] == ["5", "6", "7", "8", "9"]
+    inputs = torch.rand(2, 8, 8).tolist()
+    predicted = http.post(f"/api/v1/models/{done['model_id']}/predict", json={"inputs": inputs})
+    assert predicted.status_code == 200, predicted.text
+    assert [p["label"] in model["classes"] for p in predicted.json()["predictions"]] == [True, True]
+
+
+def test_kill_9_then_another_worker_resumes_from_the_checkpoint(stack: Stack):
+    stack.workers(1)
+    epochs = 6
+    job = stack.submit(long_spec(epochs))
+    checkpoint = stack.artifact_dir / "jobs" / job["id"] / "checkpoints" / "train.fit.pt"
+    running = stack.wait_state(job["id"], "RUNNING")
+    assert running["attempts"] == 1
+    wait_for("the first checkpoint", checkpoint.exists, timeout=60, on_fail=stack.logs())
+    (claim,) = [e.data for e in stack.events_so_far(job["id"]) if e.data.get("state") == "RUNNING"]
+    victim = stack.worker_by_id(claim["worker"])
+    victim.popen.send_signal(signal.SIGKILL)
+    victim.popen.wait(10)
+    saved_epoch = int(torch.load(checkpoint, weights_only=True)["epoch"])
+    assert 1 <= saved_epoch < epochs, "killed mid-job"
+
+    # A worker that considers a heartbeat 3 s old stale sweeps the job back to the queue.
+    sweeper = stack.start_worker(pool=False, STILLHOUSE_STALE_AFTER_SECONDS="3")
+    stack.wait_ready(sweeper)
+    done = stack.wait_state(job["id"], "SUCCEEDED", "FAILED", "CANCELLED", timeout=90)
+    assert done["state"] == "SUCCEEDED", done
+    assert done["attempts"] == 2
+
+    events = stack.events(job["id"])
+    assert states(events) == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]
+    requeued = [e for e in events if e.type == "state"][2]
+    assert requeued.data["reason"] == "worker lost"
+    second = [e for e in events if e.data.get("state") == "RUNNING"][1]
+    assert second.data["attempt"] == 2 and pid_of(second.data["worker"]) != victim.pid
+    resumed = [e for e in events if e.id > second.id]
+    assert metric_epochs(resumed) == list(range(saved_epoch + 1, epochs + 1))
+
+
+def test_cancel_a_running_job_then_the_worker_takes_the_next(stack: Stack):
+    (worker,) = stack.workers(1, exactly=True)
+    job = stack.submit(long_spec(200))
+    stack.wait_state(job["id"], "RUNNING")
+    wait_for(
+        "the first epoch",
+        lambda: stack.job(job["id"])["metrics"],
+        timeout=60,
+        on_fail=stack.logs(),
+    )
+    asked = time.monotonic()
+    r = stack.client().post(f"/api/v1/jobs/{job['id']}:cancel")
+    assert r.status_code == 202 and r.json()["state"] == "CANCELLING"
+    cancelled = stack.wait_state(job["id"], "CANCELLED", "FAILED", "SUCCEEDED", timeout=10)
+    assert cancelled["state"] == "CANCELLED"
+    assert time.monotonic() - asked < 5, "cancel takes effect within a few seconds"
+    assert states(stack.events(job["id"])) == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
+
+    following = stack.submit(TINY_SPEC)
+    done = stack.wait_state(following["id"], "SUCCEEDED", "FAILED", "CANCELLED")
+    assert done["state"] == "SUCCEEDED", done
+    running = [e for e in stack.events(following["id"]) if e.data.get("state") == "RUNNING"]
+    assert [pid_of(e.data["worker"]) for e in running] == [worker.pid]
+    assert worker.alive()
+
+
+def test_sigterm_gives_the_job_back(stack: Stack):
+    (worker,) = stack.workers(1, exactly=True)
+    job = stack.submit(long_spec(200))
+    stack.wait_state(job["id"], "RUNNING")
+    wait_for("the first epoch", lambda: stack.job(job["id"])["metrics"], 60, stack.logs())
+    sent = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)
+    code = worker.popen.wait(10)
+    assert code == 0, worker.tail()
+    assert time.monotonic() - sent < 5, "a worker stops within a few seconds of SIGTERM"
+
+    after = stack.job(job["id"])
+    assert after["state"] == "QUEUED" and after["attempts"] == 0, after
+    last = [e for e in stack.events_so_far(job["id"]) if e.type == "state"][-1]
+    assert last.data == {"state": "QUEUED", "reason": "worker shut down"}
