@@ -57,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     from app.migrate import upgrade_head
 
     upgrade_head()
+    # uvicorn handles SIGTERM, shuts down, then raises the signal again for the previous
+    # handler. With the default one that kills this process on the spot, `finally` below
+    # never runs and the worker outlives the API; this handler unwinds through it instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     worker = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker", "--device", args.device],
         env=os.environ.copy(),
@@ -72,6 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -134,6 +142,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    for image in args.images:
+        if not Path(image).is_file():
+            log.error("cannot read %s: no such file", image)
+            return 2
     result = _client().predict(args.model_id, [Path(p) for p in args.images], k=args.k)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
@@ -188,12 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(get_settings().log_level)
+    import httpx
+
     from app.client import ClientError
 
     try:
         return int(args.func(args) or 0)
     except ClientError as exc:
         log.error("%s", exc)
+        return 1
+    except httpx.TransportError as exc:
+        # The client commands: no server at STILLHOUSE_API_URL, or it went away.
+        log.error("cannot reach the API at %s: %s", get_settings().api_url, exc)
         return 1
 
 

@@ -115,7 +115,9 @@ def plain_train(
 
 
 def train_overhead(h: Harness, quick: bool) -> dict[str, Any]:
-    n, epochs = (4000, 2) if quick else (10000, 3)
+    """Best of `repeats` alternating runs each: the machine's noise (another process, a
+    frequency change) shows as +-10% between single runs."""
+    n, epochs, repeats = (4000, 2, 1) if quick else (10000, 3, 2)
     ref = {
         "name": "synthetic",
         "num_classes": 10,
@@ -125,37 +127,46 @@ def train_overhead(h: Harness, quick: bool) -> dict[str, Any]:
     }
     test_ref = {**ref, "split": "test", "num_samples": 2000}
     batch_size, lr, seed = 128, 2e-3, 0
-    ours = h.run(
-        {
-            "kind": "train",
-            "name": "speed-train",
-            "seed": seed,
-            "model": {"arch": "small_cnn", "width": 1.0},
-            "train": {
-                "dataset": ref,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "optimizer": {"lr": lr},
-                "scheduler": {"name": "cosine"},
-            },
-            "evaluate": {"dataset": test_ref},
-        }
-    )
-    our_seconds, our_epochs = stage_seconds(ours, "train")
     train = load_dataset(DatasetRef(**ref), data_root=h.root, seed=seed)
     test = load_dataset(DatasetRef(**test_ref), data_root=h.root, seed=seed)
     mean, std = train.channel_stats()
     config = NetworkConfig("small_cnn", 10, 3, 32, scale=255.0, mean=mean, std=std)
-    plain = plain_train(config, train, test, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    ours_per_epoch = our_seconds / our_epochs
+    ours_runs, plain_runs = [], []
+    for _ in range(repeats):
+        ours = h.run(
+            {
+                "kind": "train",
+                "name": "speed-train",
+                "seed": seed,
+                "model": {"arch": "small_cnn", "width": 1.0},
+                "train": {
+                    "dataset": ref,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "optimizer": {"lr": lr},
+                    "scheduler": {"name": "cosine"},
+                },
+                "evaluate": {"dataset": test_ref},
+            }
+        )
+        seconds, our_epochs = stage_seconds(ours, "train")
+        ours_runs.append((seconds / our_epochs, ours["metrics"]["accuracy"]))
+        plain = plain_train(
+            config, train, test, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        )
+        plain_runs.append((plain["seconds_per_epoch"], plain["accuracy"]))
+    ours_best, plain_best = min(ours_runs), min(plain_runs)
     return {
-        "train_overhead": round(ours_per_epoch / plain["seconds_per_epoch"], 3),
-        "train_ours_seconds_per_epoch": round(ours_per_epoch, 3),
-        "train_plain_seconds_per_epoch": round(plain["seconds_per_epoch"], 3),
-        "train_ours_accuracy": round(ours["metrics"]["accuracy"], 4),
-        "train_plain_accuracy": round(plain["accuracy"], 4),
+        "train_overhead": round(ours_best[0] / plain_best[0], 3),
+        "train_ours_seconds_per_epoch": round(ours_best[0], 3),
+        "train_plain_seconds_per_epoch": round(plain_best[0], 3),
+        "train_ours_runs": [round(r[0], 3) for r in ours_runs],
+        "train_plain_runs": [round(r[0], 3) for r in plain_runs],
+        "train_ours_accuracy": round(ours_best[1], 4),
+        "train_plain_accuracy": round(plain_best[1], 4),
         "train_samples": n,
         "train_epochs": epochs,
+        "train_threads": torch.get_num_threads(),
     }
 
 
@@ -190,74 +201,93 @@ def plain_kd(
             loss.backward()
             opt.step()
             sched.step()
+    # The evaluation at the end is timed, as ours is (our stage ends with one).
+    accuracy = plain_accuracy(student, test.x.float(), test.y)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "accuracy": plain_accuracy(student, test.x.float(), test.y)}
+    return {"seconds": seconds, "accuracy": accuracy}
 
 
-def distill_speedup(h: Harness, quick: bool) -> dict[str, Any]:
-    teacher_epochs, epochs = (3, 8) if quick else (6, 20)
+def distill_speedup(
+    h: Harness, quick: bool, *, teacher_input: int | None = None, seeds: tuple[int, ...] = (0,)
+) -> dict[str, Any]:
+    """Our distill stage (the teacher-output cache pass included: the stage starts before
+    it) against the plain KD loop, summed over `seeds`; accuracies are the seeds' means.
+    `teacher_input` upsamples the teacher's input (a heavier teacher per image)."""
+    # 30 distill epochs: the digits transfer benchmark's distillation recipe.
+    teacher_epochs, epochs = (2, 8) if quick else (6, 30)
+    if teacher_input is not None:
+        teacher_epochs = 2  # its speed is the point here, not its accuracy
     digits = {"name": "digits"}
+    teacher_model: dict[str, Any] = {"arch": "resnet18"}
+    if teacher_input is not None:
+        teacher_model["input_size"] = teacher_input
     teacher_job = h.run(
         {
             "kind": "train",
             "name": "speed-teacher",
-            "model": {"arch": "resnet18"},
+            "model": teacher_model,
             "train": {"dataset": digits, "epochs": teacher_epochs, "eval_every": 0},
         }
     )
-    batch_size, lr, temperature, seed = 64, 3e-3, 4.0, 0
-    student = {"arch": "small_cnn", "width": 0.5}
-    ours = h.run(
-        {
-            "kind": "distill",
-            "name": "speed-distill",
-            "seed": seed,
-            "teacher": {"source": "model", "model_id": teacher_job["model_id"]},
-            "student": student,
-            "distill": {
-                "dataset": {**digits, "labels": False},
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "optimizer": {"lr": lr},
-                "eval_every": 0,
-                "loss": {"type": "kl", "temperature": temperature},
-            },
-        }
-    )
-    our_seconds, _ = stage_seconds(ours, "distill")
-    # The cache pass happens after the stage-start event, so it is inside our_seconds.
     from safetensors.torch import load_file
 
     from app.config import get_settings
 
-    meta_path = get_settings().artifact_dir / "models" / teacher_job["model_id"]
-    teacher_meta = json.loads((meta_path / "model.json").read_text())
+    folder = get_settings().artifact_dir / "models" / teacher_job["model_id"]
+    teacher_meta = json.loads((folder / "model.json").read_text())
     teacher = build_network(NetworkConfig.from_json(teacher_meta["network"]))
-    teacher.load_state_dict(load_file(str(meta_path / "model.safetensors")))
-    train = load_dataset(DatasetRef(name="digits"), data_root=h.root, seed=seed)
-    test = load_dataset(DatasetRef(name="digits", split="test"), data_root=h.root, seed=seed)
+    teacher.load_state_dict(load_file(str(folder / "model.safetensors")))
+    train = load_dataset(DatasetRef(name="digits"), data_root=h.root, seed=0)
+    test = load_dataset(DatasetRef(name="digits", split="test"), data_root=h.root, seed=0)
     mean, std = train.channel_stats()
     config = NetworkConfig("small_cnn", 10, 1, 8, width=0.5, scale=1.0, mean=mean, std=std)
-    plain = plain_kd(
-        teacher,
-        config,
-        train,
-        test,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        temperature=temperature,
-        seed=seed,
-    )
+    batch_size, lr, temperature = 64, 3e-3, 4.0
+    ours_s = plain_s = 0.0
+    ours_acc, plain_acc = [], []
+    for seed in seeds:
+        ours = h.run(
+            {
+                "kind": "distill",
+                "name": "speed-distill",
+                "seed": seed,
+                "teacher": {"source": "model", "model_id": teacher_job["model_id"]},
+                "student": {"arch": "small_cnn", "width": 0.5},
+                "distill": {
+                    "dataset": {**digits, "labels": False},
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "optimizer": {"lr": lr},
+                    "eval_every": 0,
+                    "loss": {"type": "kl", "temperature": temperature},
+                },
+            }
+        )
+        seconds, _ = stage_seconds(ours, "distill")
+        ours_s += seconds
+        ours_acc.append(ours["metrics"]["accuracy"])
+        plain = plain_kd(
+            teacher,
+            config,
+            train,
+            test,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            temperature=temperature,
+            seed=seed,
+        )
+        plain_s += plain["seconds"]
+        plain_acc.append(plain["accuracy"])
     return {
-        "distill_speedup": round(plain["seconds"] / our_seconds, 2),
-        "distill_ours_seconds": round(our_seconds, 2),
-        "distill_plain_seconds": round(plain["seconds"], 2),
-        "distill_ours_accuracy": round(ours["metrics"]["accuracy"], 4),
-        "distill_plain_accuracy": round(plain["accuracy"], 4),
-        "distill_epochs": epochs,
-        "distill_teacher": "resnet18 (trained on digits here)",
-        "distill_student": "small_cnn width 0.5",
+        "speedup": round(plain_s / ours_s, 2),
+        "ours_seconds": round(ours_s / len(seeds), 2),
+        "plain_seconds": round(plain_s / len(seeds), 2),
+        "ours_accuracy": round(sum(ours_acc) / len(seeds), 4),
+        "plain_accuracy": round(sum(plain_acc) / len(seeds), 4),
+        "seeds": len(seeds),
+        "epochs": epochs,
+        "teacher": f"resnet18 at {teacher_input or 32}x{teacher_input or 32} (digits upsampled)",
+        "student": "small_cnn width 0.5 at 8x8",
     }
 
 
@@ -266,7 +296,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(int(h_threads()))
     out: dict[str, Any] = {}
     out.update(train_overhead(h, quick))
-    out.update(distill_speedup(h, quick))
+    standard = distill_speedup(h, quick, seeds=(0,) if quick else (0, 1, 2))
+    out.update({f"distill_{k}": v for k, v in standard.items()})
+    # The issue's premise: a teacher pass costing ~19x a student step. The standard
+    # teacher costs ~7x here; upsampling its input to 64 px makes it ~28x.
+    heavy = distill_speedup(h, quick, teacher_input=64)
+    out.update({f"distill_heavy_teacher_{k}": v for k, v in heavy.items()})
     out.update(machine())
     out["date"] = datetime.now().astimezone().strftime("%Y-%m-%d")
     return out

@@ -40,6 +40,27 @@ class DatasetInfo:
     labeled: bool = True
     # Raw value range: 255.0 for uint8 images, 1.0 for float data in 0-1.
     scale: float = 255.0
+    # Samples in each split ("train", "test"), before filters; None when unknown.
+    split_sizes: dict[str, int] | None = None
+
+    def samples(self, ref: DatasetRef) -> int | None:
+        """How many samples `ref` loads at most (its split, its class and count filters)."""
+        if self.split_sizes is None:
+            return None
+        splits = ("train", "test") if ref.split == "all" else (ref.split,)
+        n = sum(self.split_sizes.get(s, 0) for s in splits)
+        if ref.samples_per_class is not None:
+            k = len(ref.classes) if ref.classes is not None else len(self.class_names)
+            n = min(n, ref.samples_per_class * k * len(splits))
+        return n
+
+    def memory_bytes(self, ref: DatasetRef) -> int | None:
+        """Bytes the loaded tensors take in the worker (uint8, or float32 for 0-1 data)."""
+        n = self.samples(ref)
+        if n is None:
+            return None
+        side = ref.image_size or self.image_size
+        return n * self.channels * side * side * (1 if self.scale == 255.0 else 4)
 
 
 @dataclass
@@ -105,7 +126,13 @@ def known_datasets() -> list[str]:
 # within each class, in load_digits order, every fifth image (positions 4, 9, 14, ...) is
 # test, the rest train: 1,442 train and 355 test images.
 def _digits_info(_ref: DatasetRef) -> DatasetInfo:
-    return DatasetInfo([str(i) for i in range(10)], channels=1, image_size=8, scale=1.0)
+    return DatasetInfo(
+        [str(i) for i in range(10)],
+        channels=1,
+        image_size=8,
+        scale=1.0,
+        split_sizes={"train": 1442, "test": 355},
+    )
 
 
 @register_dataset("digits", info=_digits_info)
@@ -137,11 +164,13 @@ SYNTHETIC_DEFAULTS = {
 
 def _synthetic_info(ref: DatasetRef) -> DatasetInfo:
     n = ref.num_classes or SYNTHETIC_DEFAULTS["num_classes"]
+    samples = {s: ref.num_samples or SYNTHETIC_DEFAULTS[s] for s in ("train", "test")}
     return DatasetInfo(
         [f"class_{i}" for i in range(n)],
         channels=ref.channels or SYNTHETIC_DEFAULTS["channels"],
         image_size=ref.image_size or SYNTHETIC_DEFAULTS["image_size"],
         scale=255.0,
+        split_sizes=samples,
     )
 
 
@@ -184,9 +213,12 @@ def _load_synthetic(ref: DatasetRef, _root: Path) -> InMemoryData:
 # ------------------------------------------------------------------------ torchvision
 @dataclass(frozen=True)
 class TorchvisionSet:
-    num_classes: int
     channels: int
     image_size: int
+    train: int  # samples in the train split
+    test: int
+    # Class names, as the worker labels them (the API checks `classes` against these).
+    class_names: tuple[str, ...]
     # Files torchvision reads, relative to the data root (for the error message).
     files: tuple[str, ...]
 
@@ -197,41 +229,53 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+def _mnist_like(name: str, class_names: tuple[str, ...]) -> TorchvisionSet:
+    files = tuple(f"{name}/raw/{f}" for f in _MNIST_FILES)
+    return TorchvisionSet(1, 28, 60000, 10000, class_names, files)
+
+
+_DIGITS = tuple(str(i) for i in range(10))
 TORCHVISION_SETS = {
-    "MNIST": TorchvisionSet(10, 1, 28, tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES)),
-    "FashionMNIST": TorchvisionSet(10, 1, 28, tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES)),
-    "KMNIST": TorchvisionSet(10, 1, 28, tuple(f"KMNIST/raw/{f}" for f in _MNIST_FILES)),
-    "CIFAR10": TorchvisionSet(
-        10, 3, 32, ("cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch")
+    "MNIST": _mnist_like("MNIST", _DIGITS),
+    "FashionMNIST": _mnist_like(
+        "FashionMNIST",
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
-    "CIFAR100": TorchvisionSet(100, 3, 32, ("cifar-100-python/train", "cifar-100-python/test")),
-    "SVHN": TorchvisionSet(10, 3, 32, ("SVHN/train_32x32.mat", "SVHN/test_32x32.mat")),
-}
-_CLASS_NAMES = {
-    "FashionMNIST": [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ],
-    "CIFAR10": [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ],
+    # Kuzushiji-MNIST's classes by their romanised names, as torchvision has them.
+    "KMNIST": _mnist_like("KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+    "CIFAR10": TorchvisionSet(
+        3,
+        32,
+        50000,
+        10000,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        ("cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"),
+    ),
+    # CIFAR-100's names live only in its data files: classes by index ("0".."99").
+    "CIFAR100": TorchvisionSet(
+        3,
+        32,
+        50000,
+        10000,
+        tuple(str(i) for i in range(100)),
+        ("cifar-100-python/train", "cifar-100-python/test"),
+    ),
+    "SVHN": TorchvisionSet(
+        3, 32, 73257, 26032, _DIGITS, ("SVHN/train_32x32.mat", "SVHN/test_32x32.mat")
+    ),
 }
 
 
@@ -245,9 +289,14 @@ def _torchvision_set(name: str) -> tuple[str, TorchvisionSet]:
 
 
 def _torchvision_info(ref: DatasetRef) -> DatasetInfo:
-    short, tv = _torchvision_set(ref.name or "")
-    names = _CLASS_NAMES.get(short, [str(i) for i in range(tv.num_classes)])
-    return DatasetInfo(names, channels=tv.channels, image_size=tv.image_size, scale=255.0)
+    _short, tv = _torchvision_set(ref.name or "")
+    return DatasetInfo(
+        list(tv.class_names),
+        channels=tv.channels,
+        image_size=tv.image_size,
+        scale=255.0,
+        split_sizes={"train": tv.train, "test": tv.test},
+    )
 
 
 def _load_torchvision(ref: DatasetRef, root: Path, *, download: bool) -> InMemoryData:
@@ -274,7 +323,9 @@ def _load_torchvision(ref: DatasetRef, root: Path, *, download: bool) -> InMemor
             f"Place these files (un-gzipped) under the data root "
             f"(STILLHOUSE_DATA_ROOT={root}): {expected}"
         ) from exc
-    names = list(getattr(ds, "classes", None) or _torchvision_info(ref).class_names)
+    # The same names the API checked `classes` against (torchvision's own differ: MNIST
+    # says "0 - zero").
+    names = _torchvision_info(ref).class_names
     return InMemoryData(x.contiguous(), y, names, 255.0, f"torchvision:{short}/{ref.split}")
 
 
@@ -318,6 +369,7 @@ class UploadedInfo:
     labeled: bool
     scale: float
     path: Path
+    num_samples: int | None = None
 
 
 def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> DatasetInfo:
@@ -325,12 +377,15 @@ def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> Datas
     if ref.id is not None:
         if uploaded is None:
             raise UnknownNameError(f"no dataset with id {ref.id!r}")
+        n = uploaded.num_samples
         return DatasetInfo(
             uploaded.class_names,
             uploaded.channels,
             uploaded.image_size,
             uploaded.labeled,
             uploaded.scale,
+            # The holdout split is about a fifth: bound both splits by the whole set.
+            split_sizes=None if n is None else {"train": n, "test": n},
         )
     name = ref.name or ""
     if name.startswith("torchvision:"):

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from worker.checkpoints import atomic_write
 from worker.nets import Network, NetworkConfig, count_params
+from worker.queue import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,12 @@ def export_model(
     else:
         meta["backends"] = {"preferred": "torch", "reason": "backends were not timed"}
     meta["files"] = files
-    atomic_write(folder / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    # Strict JSON: a NaN metric (a diverged loss) becomes null, as in the database.
+    meta = json_safe(meta)
+    atomic_write(
+        folder / "model.json",
+        lambda p: p.write_text(json.dumps(meta, indent=2, allow_nan=False)),
+    )
     return ExportedModel(model_id, folder, meta, meta["params"], size)
 
 

@@ -34,11 +34,18 @@ from worker.lookups import Lookups, MissingResourceError
 from worker.nets import UnknownNameError
 from worker.pipeline import JobContext, JobFailedError, JobOutcome, run_job_kind
 from worker.reporting import Reporter
+from worker.train import TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
 # After a failed claim (the database is unreachable), wait this long before the next (seconds).
 CLAIM_RETRY_SECONDS = 5.0
+
+
+def model_id_for(job_id: str) -> str:
+    """A job's model id, the same on every attempt: an attempt killed mid-export leaves a
+    folder that the next attempt overwrites, not an orphan."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"stillhouse:job:{job_id}:model"))
 
 
 def pick_device(setting: str) -> torch.device:
@@ -126,7 +133,13 @@ class Worker:
             if job is None:
                 self.stopping.wait(self.settings.poll_seconds)
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception:
+                # Recording the outcome failed (the database went away at the very end, say).
+                # The job keeps its stale lease, so a sweep requeues it; this worker lives on
+                # rather than leaving the queue without anyone to run it.
+                log.exception("job %s: recording its outcome failed", job.id)
             done += 1
             if max_jobs is not None and done >= max_jobs:
                 break
@@ -171,7 +184,7 @@ class Worker:
             lookups=Lookups(self.engine, job.owner, self.settings.artifact_dir),
         )
         try:
-            outcome = run_job_kind(ctx, parse_spec(job.spec), model_id=str(uuid.uuid4()))
+            outcome = run_job_kind(ctx, parse_spec(job.spec), model_id=model_id_for(job.id))
             self._succeed(job, outcome, control)
         except JobCancelled:
             queue.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
@@ -181,6 +194,8 @@ class Worker:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
         except JobFailedError as exc:
             self._fail(job, exc.code, str(exc))
+        except TrainingDivergedError as exc:
+            self._fail(job, "diverged", str(exc))
         except (DatasetUnavailableError, MissingResourceError, UnknownNameError) as exc:
             self._fail(job, "unavailable", str(exc))
         except Exception as exc:
@@ -214,6 +229,11 @@ class Worker:
             self._commit_success(job, outcome, values, now)
         except _NotOwnedError:
             ok = False
+        except Exception:
+            # Nothing was recorded, so no row will ever point at the model's folder.
+            if model is not None:
+                _remove_tree(model.folder)
+            raise
         if not ok:
             if model is not None:
                 _remove_tree(model.folder)
@@ -237,7 +257,7 @@ class Worker:
                         name=job.spec.get("name"),
                         job_id=job.id,
                         arch=model.meta["arch"],
-                        meta=model.meta,
+                        meta=queue.json_safe(model.meta),
                         params=model.params,
                         size_bytes=model.size_bytes,
                         artifact_path=str(model.folder.relative_to(self.settings.artifact_dir)),

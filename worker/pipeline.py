@@ -287,10 +287,15 @@ def run_fit_stage(
     seed: int,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     description: str = "",
+    announce: bool = True,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
-    """Fit `net` as stage `stage` (resuming inside the stage), then save its result."""
-    ctx.reporter.stage(stage, epochs=spec_stage.epochs, description=description)
+    """Fit `net` as stage `stage` (resuming inside the stage), then save its result.
+
+    `announce=False`: the caller already announced the stage (work before the fit, such
+    as caching the teacher's outputs, belongs to it)."""
+    if announce:
+        ctx.reporter.stage(stage, epochs=spec_stage.epochs, description=description)
     net.to(ctx.device)
     result = fit(
         stage_name=stage,
@@ -321,11 +326,24 @@ def accuracy_fn(
 
 
 def retarget(
-    ctx: JobContext, trained: Trained, data: InMemoryData, num_classes: int, *, seed: int
+    ctx: JobContext,
+    trained: Trained,
+    data: InMemoryData,
+    num_classes: int,
+    *,
+    seed: int,
+    read_only: bool = False,
 ) -> Trained:
     """`trained` re-pointed at `data` (its scale, channels and size), with a new head if
-    the number of classes changes. The original network is left as it was."""
+    the number of classes changes. The original network is left as it was.
+
+    `read_only`: the caller only runs the network (a teacher); when nothing changes it
+    gets `trained` itself instead of a copy (copying a resnet costs a noticeable fraction
+    of a second, more than a small distill epoch)."""
     config = adapt_config(trained.config, data, trained.config.num_classes)
+    if read_only and num_classes == config.num_classes and config == trained.config:
+        trained.net.to(ctx.device)
+        return trained
     net = build_network(config)
     load_weights(net, trained.net.state_dict(), what="the trained network")
     if num_classes != config.num_classes:
@@ -437,8 +455,15 @@ def distill(
     student = Trained(student_net.to(ctx.device), student_config, teacher.class_names)
     if stage_done(ctx, stage, student.net) is not None:
         return student
-    teacher_here = retarget(ctx, teacher, data, k, seed=seed)
+    mode = choose_teacher_outputs(stage_spec)
     loss = stage_spec.loss
+    ctx.reporter.stage(
+        stage,
+        epochs=stage_spec.epochs,
+        description=f"distilling {teacher.config.arch} into {student.config.arch} on "
+        f"{data.description} ({len(data)} images, {loss.type} loss, teacher outputs: {mode})",
+    )
+    teacher_here = retarget(ctx, teacher, data, k, seed=seed, read_only=True)
     use_labels = same_classes(teacher, data)
     if loss.alpha < 1.0 and not use_labels:
         ctx.reporter.log(
@@ -446,7 +471,6 @@ def distill(
             "hard labels (alpha taken as 1)",
             stage=stage,
         )
-    mode = choose_teacher_outputs(stage_spec)
 
     # Hint layers, their hooks and the learned adapter.
     adapter = student_hook = teacher_hook = None
@@ -546,8 +570,7 @@ def distill(
             objective=objective,
             seed=seed,
             eval_fn=eval_fn,
-            description=f"distilling {teacher.config.arch} into {student.config.arch} on "
-            f"{data.description} ({len(data)} images, {loss.type} loss, teacher outputs: {mode})",
+            announce=False,
             extra_modules=torch.nn.ModuleDict({"adapter": adapter})
             if adapter is not None
             else None,
@@ -572,19 +595,20 @@ def distill_eval_fn(
     )
     if len(held_out) == 0:
         return None
-    teacher_pred = compute_teacher_outputs(teacher.net, held_out, device=ctx.device).logits.argmax(
-        1
-    )
+    teacher_pred: list[torch.Tensor] = []  # computed at the first evaluation, then kept
 
     @torch.inference_mode()
     def fn(model: torch.nn.Module) -> dict[str, float]:
+        if not teacher_pred:
+            outputs = compute_teacher_outputs(teacher.net, held_out, device=ctx.device)
+            teacher_pred.append(outputs.logits.argmax(1))
         model.eval()
         preds = []
         for start in range(0, len(held_out), 512):
             x = held_out.x[start : start + 512].to(ctx.device).float()
             preds.append(model(x).argmax(1))
         pred = torch.cat(preds)
-        out = {"agreement": float((pred == teacher_pred).float().mean())}
+        out = {"agreement": float((pred == teacher_pred[0]).float().mean())}
         if use_labels and held_out.y is not None:
             out["accuracy"] = float((pred == held_out.y.to(pred.device)).float().mean())
         return out
@@ -649,7 +673,7 @@ def finetune(
             raise JobFailedError(
                 "bad_spec", "finetune.kd_weight needs a teacher that predicts the target's classes"
             )
-        teacher_net = retarget(ctx, teacher, data, data.num_classes, seed=seed).net
+        teacher_net = retarget(ctx, teacher, data, data.num_classes, seed=seed, read_only=True).net
         if stage_spec.augment == "none":
             cache = compute_teacher_outputs(
                 teacher_net, data, device=ctx.device, control=ctx.control
@@ -828,7 +852,9 @@ def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobO
     student = distill(ctx, teacher, spec.student, spec.distill, seed=spec.seed)
     evaluate_spec = spec.evaluate or default_evaluate(spec.distill.dataset)
     eval_data = load_data(ctx, evaluate_spec.dataset, seed=spec.seed)
-    teacher_here = retarget(ctx, teacher, eval_data, teacher.config.num_classes, seed=spec.seed)
+    teacher_here = retarget(
+        ctx, teacher, eval_data, teacher.config.num_classes, seed=spec.seed, read_only=True
+    )
     report = _report(ctx, teacher_here, student, eval_data, strategy=None)
     return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
 
@@ -953,7 +979,9 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
         )
     student = students[chosen]
     assert student is not None
-    teacher_here = retarget(ctx, teacher, eval_data, teacher.config.num_classes, seed=seed)
+    teacher_here = retarget(
+        ctx, teacher, eval_data, teacher.config.num_classes, seed=seed, read_only=True
+    )
     report = _report(ctx, teacher_here, student, eval_data, strategy=spec.strategy)
     report["student"] = {
         k: v for k, v in entries[chosen].items() if k not in ("index", "model", "skipped")
@@ -1022,6 +1050,8 @@ def choose_candidate(
             best = min(passing, key=lambda e: (e["params"], -(e["accuracy"] or 0.0)))
             return best["index"], f"the smallest candidate with accuracy >= {floor}", True
         best = max(trained, key=lambda e: e["accuracy"] or 0.0)
+        # Served after all: it is the one candidate not skipped.
+        best["skipped"] = None
         return (
             best["index"],
             f"no candidate reached min_accuracy {floor}; serving the most accurate",

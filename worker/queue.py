@@ -13,6 +13,7 @@ order and a stream resuming after id N never misses one that commits late.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,9 +39,29 @@ class ClaimedJob:
     max_attempts: int
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None (JSON null), in nested dicts and lists.
+
+    A diverging fit reports a NaN loss. Postgres refuses NaN in a JSON column (the write,
+    and with it the job, would fail), and SQLite stores a token that strict JSON readers
+    (browsers reading the event stream) reject.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def add_event(conn: Connection, job_id: str, type_: str, data: dict[str, Any]) -> None:
     """Insert one event; the caller has already updated (so locked) the job's row."""
-    conn.execute(insert(JobEvent).values(job_id=job_id, type=type_, data=data, created_at=utcnow()))
+    conn.execute(
+        insert(JobEvent).values(
+            job_id=job_id, type=type_, data=json_safe(data), created_at=utcnow()
+        )
+    )
 
 
 def claim_next(engine: Engine, worker_id: str) -> ClaimedJob | None:
@@ -124,10 +145,11 @@ def update_owned(
     states: tuple[str, ...] = OWNED_STATES,
 ) -> bool:
     """Update a job we own; False when we no longer own it."""
+    # json_safe leaves SQL expressions (attempts - 1) alone; it cleans the JSON columns.
     result = conn.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.state.in_(states))
-        .values(**values, updated_at=utcnow())
+        .values(**{k: json_safe(v) for k, v in values.items()}, updated_at=utcnow())
     )
     return result.rowcount == 1
 

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 512
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss went to NaN or infinity: the stage cannot produce a usable network."""
+
+
 class Objective(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
@@ -229,6 +233,12 @@ def fit(
                 eta_seconds=eta,
             )
         values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
+        if not math.isfinite(values["train_loss"]):
+            # NaN weights would otherwise "succeed" and be served; say what to change.
+            raise TrainingDivergedError(
+                f"{stage_name}: the training loss became {values['train_loss']} in epoch "
+                f"{epoch + 1}; lower the learning rate ({stage.optimizer.lr}) or add warm-up"
+            )
         if train.y is not None:
             values["train_accuracy"] = int(correct) / max(1, seen)
         last = epoch + 1 == stage.epochs

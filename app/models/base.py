@@ -57,5 +57,11 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def storable(text: str) -> bool:
+    """Whether a text column can hold `text`. Postgres refuses NUL characters even in a
+    WHERE clause, so a client's id with one names nothing stored and must not be queried."""
+    return "\x00" not in text
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)

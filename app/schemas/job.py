@@ -33,7 +33,7 @@ class JobOut(BaseModel):
     state: str
     spec: dict[str, Any] = Field(description="The spec as accepted, defaults filled in.")
     stage: str | None
-    progress: Progress | None
+    progress: Progress
     metrics: dict[str, Any] | None = Field(description="The latest metrics.")
     error: JobError | None
     attempts: int

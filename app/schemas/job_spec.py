@@ -14,7 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Python's JSON reader takes Infinity and NaN, and JSON strings may hold NUL; Postgres
+    # refuses all three in the stored spec (a 500 at submission), so they stop here, with
+    # the field's name.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 # ---------------------------------------------------------------------------- datasets

@@ -23,15 +23,14 @@ from typing import Any, NoReturn
 
 import torch
 from safetensors import safe_open
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import ProblemError, field_error, invalid, not_found
+from app.api.errors import ProblemError, field_error, invalid
 from app.models import Checkpoint
 from app.models.base import new_id, utcnow
 from app.schemas.checkpoint import CheckpointForm, CheckpointOut
+from app.services import owned
 from app.services.datasets import unfinished_jobs_using
-from app.services.paging import next_token, paginate
 from app.services.upload_io import FILE_FIELD, ReceivedUpload, display_name, parse_form
 from worker.nets import NetworkConfig, arch_info, build_network, head_name, known_archs
 
@@ -46,6 +45,8 @@ FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 POPULAR_ARCHS = ("small_cnn", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 # How many offending tensors a message names, per kind of problem.
 SHOW = 5
+# The largest small_cnn width tried (CheckpointForm.width's bound).
+MAX_WIDTH = 16.0
 
 
 def reject(message: str, where: str = FILE_FIELD) -> NoReturn:
@@ -201,7 +202,9 @@ def _width_candidates(form: CheckpointForm, contents: FileContents, network: boo
     widths = [1.0]
     for stage, base in (("stage3", 64), ("stage2", 32), ("stage1", 16)):
         conv = contents.tensors.get(f"{prefix}{stage}.0.weight")
-        if conv is not None and conv.shape:
+        # Only widths the form itself accepts: a crafted shape (2**40 channels) would
+        # overflow even on the meta device.
+        if conv is not None and conv.shape and 0 < conv.shape[0] / base <= MAX_WIDTH:
             widths.append(conv.shape[0] / base)
     return list(dict.fromkeys(widths))
 
@@ -359,24 +362,15 @@ def create_checkpoint(
 
 
 def get_owned(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
-    row = session.execute(
-        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner == owner)
-    ).scalar_one_or_none()
-    if row is None:
-        raise not_found("checkpoint", checkpoint_id)
-    return row
+    return owned.get_owned(session, Checkpoint, owner=owner, id_=checkpoint_id, what="checkpoint")
 
 
 def list_checkpoints(
     session: Session, *, owner: str, page_size: int, page_token: str | None
 ) -> tuple[list[Checkpoint], str | None]:
-    stmt = select(Checkpoint).where(Checkpoint.owner == owner)
-    rows = list(
-        session.execute(
-            paginate(stmt, Checkpoint, page_size=page_size, page_token=page_token)
-        ).scalars()
+    return owned.list_owned(
+        session, Checkpoint, owner=owner, page_size=page_size, page_token=page_token
     )
-    return next_token(rows, page_size)
 
 
 def delete_checkpoint(

@@ -33,11 +33,11 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import ProblemError, field_error, invalid, not_found
+from app.api.errors import ProblemError, field_error, invalid
 from app.models import FINISHED_STATES, Dataset, Job
 from app.models.base import new_id, utcnow
 from app.schemas.dataset import DatasetForm, DatasetOut
-from app.services.paging import next_token, paginate
+from app.services import owned
 from app.services.upload_io import (
     FILE_FIELD,
     ReceivedUpload,
@@ -138,6 +138,9 @@ def read_upload(
     except _READ_ERRORS as exc:
         reject(f"not a readable zip or .npz archive ({exc})")
     with zf:
+        if any(not i.filename for i in zf.infolist()):
+            # ZipInfo.is_dir() below would fail on it with an IndexError.
+            reject("the zip has an entry with an empty name")
         infos = [i for i in zf.infolist() if not i.is_dir()]
         declared = sum(i.file_size for i in infos)
         if declared > max_decoded_bytes:
@@ -663,25 +666,15 @@ def create_dataset(
 
 
 def get_owned(session: Session, owner: str, dataset_id: str) -> Dataset:
-    row = session.execute(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
-    ).scalar_one_or_none()
-    if row is None:
-        # Another owner's dataset answers exactly like a missing one.
-        raise not_found("dataset", dataset_id)
-    return row
+    return owned.get_owned(session, Dataset, owner=owner, id_=dataset_id, what="dataset")
 
 
 def list_datasets(
     session: Session, *, owner: str, page_size: int, page_token: str | None
 ) -> tuple[list[Dataset], str | None]:
-    stmt = select(Dataset).where(Dataset.owner == owner)
-    rows = list(
-        session.execute(
-            paginate(stmt, Dataset, page_size=page_size, page_token=page_token)
-        ).scalars()
+    return owned.list_owned(
+        session, Dataset, owner=owner, page_size=page_size, page_token=page_token
     )
-    return next_token(rows, page_size)
 
 
 def unfinished_jobs_using(session: Session, *, owner: str, key: str, value: str) -> list[str]:

@@ -13,11 +13,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.errors import ProblemError, field_error, invalid, not_found
+from app.api.errors import ProblemError, field_error, invalid
 from app.models import FINISHED_STATES, Job, JobEvent, JobState
 from app.models.base import new_id, utcnow
 from app.schemas.job import JobOut, MetricHistory, MetricPoint
-from app.services.paging import next_token, paginate
+from app.services import owned
 from app.services.spec_check import AnySpec, check_spec
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def job_out(job: Job) -> JobOut:
             "state": job.state,
             "spec": job.spec,
             "stage": job.stage,
-            "progress": job.progress,
+            # Always an object (the contract's fields, null until known), also while queued.
+            "progress": job.progress or {},
             "metrics": job.metrics,
             "error": job.error,
             "attempts": job.attempts,
@@ -54,13 +55,7 @@ def job_out(job: Job) -> JobOut:
 
 
 def get_owned(session: Session, owner: str, job_id: str) -> Job:
-    job = session.execute(
-        select(Job).where(Job.id == job_id, Job.owner == owner)
-    ).scalar_one_or_none()
-    if job is None:
-        # Another owner's job answers exactly like a missing one.
-        raise not_found("job", job_id)
-    return job
+    return owned.get_owned(session, Job, owner=owner, id_=job_id, what="job")
 
 
 def create_job(
@@ -143,15 +138,14 @@ def list_jobs(
     page_size: int,
     page_token: str | None,
 ) -> tuple[list[Job], str | None]:
-    stmt = select(Job).where(Job.owner == owner)
+    where = []
     if state is not None:
-        stmt = stmt.where(Job.state == state)
+        where.append(Job.state == state)
     if kind is not None:
-        stmt = stmt.where(Job.kind == kind)
-    rows = list(
-        session.execute(paginate(stmt, Job, page_size=page_size, page_token=page_token)).scalars()
+        where.append(Job.kind == kind)
+    return owned.list_owned(
+        session, Job, owner=owner, page_size=page_size, page_token=page_token, where=tuple(where)
     )
-    return next_token(rows, page_size)
 
 
 def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:

@@ -6,7 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -16,8 +16,8 @@ from app.api.errors import ProblemError, not_found
 from app.db import get_sessionmaker
 from app.models import TrainedModel
 from app.schemas.model import ModelOut
+from app.services import owned
 from app.services.datasets import unfinished_jobs_using
-from app.services.paging import next_token, paginate
 from app.serving.backends import ModelRef
 from app.serving.server import ModelServer
 
@@ -32,25 +32,15 @@ ARTIFACTS = {
 
 
 def get_owned(session: Session, owner: str, model_id: str) -> TrainedModel:
-    row = session.execute(
-        select(TrainedModel).where(TrainedModel.id == model_id, TrainedModel.owner == owner)
-    ).scalar_one_or_none()
-    if row is None:
-        # Another owner's model answers exactly like a missing one.
-        raise not_found("model", model_id)
-    return row
+    return owned.get_owned(session, TrainedModel, owner=owner, id_=model_id, what="model")
 
 
 def list_models(
     session: Session, *, owner: str, page_size: int, page_token: str | None
 ) -> tuple[list[TrainedModel], str | None]:
-    stmt = select(TrainedModel).where(TrainedModel.owner == owner)
-    rows = list(
-        session.execute(
-            paginate(stmt, TrainedModel, page_size=page_size, page_token=page_token)
-        ).scalars()
+    return owned.list_owned(
+        session, TrainedModel, owner=owner, page_size=page_size, page_token=page_token
     )
-    return next_token(rows, page_size)
 
 
 def model_folder(row: TrainedModel, artifact_dir: Path) -> Path:

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
-from app.api.errors import field_error, invalid
+from app.api.errors import ProblemError, field_error, invalid
+from app.models.base import storable
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -24,12 +25,21 @@ def decode_token(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
-        return datetime.fromisoformat(data["c"]), str(data["i"])
+        created_at, id_ = datetime.fromisoformat(data["c"]), str(data["i"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise invalid(
-            [field_error("query.page_token", "malformed token")],
-            detail="page_token is not one this service issued",
-        ) from exc
+        raise _malformed() from exc
+    # Tokens we issue carry an aware time and a stored id; anything else would fail in the
+    # query (a naive time in the UTC column, a NUL in Postgres text) instead of here.
+    if created_at.tzinfo is None or not storable(id_):
+        raise _malformed()
+    return created_at, id_
+
+
+def _malformed() -> ProblemError:
+    return invalid(
+        [field_error("query.page_token", "malformed token")],
+        detail="page_token is not one this service issued",
+    )
 
 
 def paginate(

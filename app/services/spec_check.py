@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.models import Checkpoint, Dataset, TrainedModel
 from app.schemas.job_spec import (
     DatasetRef,
@@ -27,7 +28,13 @@ from app.schemas.job_spec import (
     TrainJobSpec,
     default_evaluate,
 )
-from worker.data import DatasetInfo, UploadedInfo, dataset_info, resolve_classes
+from app.services.datasets import EXPANSION_FACTOR
+from worker.data import (
+    DatasetInfo,
+    UploadedInfo,
+    dataset_info,
+    resolve_classes,
+)
 from worker.nets import (
     NetworkConfig,
     UnknownNameError,
@@ -83,6 +90,7 @@ class SpecChecker:
                 labeled=row.labeled,
                 scale=255.0 if row.dtype == "uint8" else 1.0,
                 path=row.path,  # type: ignore[arg-type]
+                num_samples=row.num_samples,
             )
         try:
             info: DatasetInfo = dataset_info(ref, uploaded)
@@ -100,12 +108,32 @@ class SpecChecker:
                 return None
         if ref.samples_per_class is not None and not info.labeled:
             self.error(f"{where}.samples_per_class", "the dataset has no labels to count by")
+        self.memory_size(ref, info, where)
         n_classes = len(ref.classes) if ref.classes is not None else len(info.class_names)
         return ResolvedData(
             num_classes=n_classes,
             labeled=info.labeled and ref.labels,
             channels=info.channels,
             image_size=ref.image_size or info.image_size,
+        )
+
+    def memory_size(self, ref: DatasetRef, info: DatasetInfo, where: str) -> None:
+        """A dataset is held whole in the worker's memory: bound it as an upload's decoded
+        arrays are, or one spec (10M synthetic samples, or CIFAR-100 resized to 224 pixels)
+        takes the worker down instead of failing here."""
+        size = info.memory_bytes(ref)
+        limit = EXPANSION_FACTOR * get_settings().max_upload_bytes
+        if size is None or size <= limit:
+            return
+        field = "num_samples" if ref.name == "synthetic" and ref.num_samples else "image_size"
+        if ref.name == "synthetic" and not ref.image_size and not ref.num_samples:
+            field = "name"
+        side = ref.image_size or info.image_size
+        self.error(
+            f"{where}.{field}",
+            f"{info.samples(ref)} images of {info.channels}x{side}x{side} take {size} bytes, "
+            f"more than the {limit} a dataset may take "
+            f"({EXPANSION_FACTOR} x STILLHOUSE_MAX_UPLOAD_BYTES)",
         )
 
     def labelled_dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:

@@ -9,6 +9,7 @@ The few small form fields beside the file are kept in memory, bounded in size an
 
 from __future__ import annotations
 
+import codecs
 import logging
 import unicodedata
 from collections.abc import AsyncIterator
@@ -163,6 +164,13 @@ def _boundary_and_charset(request: Request) -> tuple[bytes, str]:
     if not boundary:
         raise ProblemError(400, "multipart/form-data without a boundary", type_="bad-request")
     charset = params.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        # Part names are decoded with it later, inside the parser's callbacks.
+        codecs.lookup(charset)
+    except LookupError:
+        raise ProblemError(
+            400, f"unknown charset {charset!r} in the Content-Type", type_="bad-request"
+        ) from None
     return boundary, charset
 
 

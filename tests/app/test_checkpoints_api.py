@@ -352,3 +352,23 @@ def test_a_teacher_in_use_cannot_be_deleted(client, alice):
     assert r.status_code == 409 and job in r.json()["detail"]
     assert client.post(f"/api/v1/jobs/{job}:cancel", headers=alice).status_code == 202
     assert client.delete(f"{URL}/{ckpt}", headers=alice).status_code == 204
+
+
+def test_absurd_channel_counts_are_refused_not_built():
+    # Widths are read from the file's shapes; one of 2**40 channels overflowed when the
+    # architecture was built to compare with (a RuntimeError, so a 500).
+    from app.api.errors import ProblemError
+    from app.schemas.checkpoint import CheckpointForm
+    from app.services.checkpoints import FileContents, TensorInfo, check_fit
+
+    contents = FileContents(
+        {
+            "backbone.stage1.0.weight": TensorInfo("F32", (4, 1, 3, 3)),
+            "backbone.stage3.0.weight": TensorInfo("F32", (2**40, 1, 3, 3)),
+        },
+        None,
+        None,
+    )
+    with pytest.raises(ProblemError) as refused:
+        check_fit(CheckpointForm(arch="small_cnn", num_classes=3), contents)
+    assert refused.value.status == 422

@@ -318,6 +318,13 @@ def test_bad_npz_uploads_name_the_problem(client, alice, settings):
     assert leftover_files(settings) == []
 
 
+def _nameless_entry_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(""), b"abc")
+    return buf.getvalue()
+
+
 def test_bad_files_name_the_problem(client, alice):
     good = npz_bytes(x=np.zeros((8, 16, 16), np.uint8))
     # Flip bytes inside x's data: the zip's CRC check catches it.
@@ -336,6 +343,8 @@ def test_bad_files_name_the_problem(client, alice):
             "x.npz",
             "a/1.png: an .npz holds only .npy arrays",
         ),
+        # An entry without a name made zipfile's is_dir() raise IndexError (was a 500).
+        ("nameless entry", _nameless_entry_zip(), "x.zip", "empty name"),
     ]
     for case, content, filename, needle in cases:
         r = upload(client, alice, content, filename=filename)
@@ -389,6 +398,15 @@ def test_bad_form_and_body(client, alice):
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = client.post(URL, files={"file": ("a.npz", content)})
     assert r.status_code == 401
+
+
+def test_unknown_multipart_charset_is_a_400_not_a_500(client, alice, settings):
+    body = b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc\r\n--xx--\r\n'
+    content_type = "multipart/form-data; boundary=xx; charset=bogus"
+    r = client.post(URL, content=body, headers={**alice, "content-type": content_type})
+    assert r.status_code == 400, r.text
+    assert "bogus" in r.json()["detail"]
+    assert leftover_files(settings) == []
 
 
 # ---------------------------------------------------------------------------- size

@@ -7,9 +7,10 @@ report), the same code a worker runs, so that these tests need no training.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from app.db import get_write_engine
 from app.models import Job, JobState
 from app.models.base import utcnow
 from app.services.examples import PIPELINE_EXAMPLE, TRAIN_EXAMPLE
+from app.services.paging import encode_token
 from worker import queue
 from worker.control import JobControl
 from worker.reporting import Reporter
@@ -78,6 +80,9 @@ def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
 def test_create_answers_201_with_location_and_filled_spec(client, alice, tiny_spec):
     r = client.post("/api/v1/jobs", json=tiny_spec, headers=alice)
     assert r.status_code == 201, r.text
+    # A queued job's progress is an object with the contract's fields (it was null).
+    progress = r.json()["progress"]
+    assert {"stage", "epoch", "epochs", "fraction", "eta_seconds"} <= set(progress)
     job = r.json()
     assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     assert job["state"] == "QUEUED" and job["kind"] == "train" and job["name"] == "tiny"
@@ -214,6 +219,32 @@ INVALID_SPECS = [
     ),
     ("unknown upload", "train.dataset", {"id": "no-such-upload"}, "train.dataset.id", "no dataset"),
     ("width on a resnet", "model", {"arch": "resnet18", "width": 0.5}, "model.width", "small_cnn"),
+    # Postgres cannot store NUL in the spec (these were 500s there).
+    ("NUL in the name", "name", "tiny\x00", "name", "NUL"),
+    ("NUL in a class", "train.dataset.classes", ["a\x00"], "train.dataset.classes", "NUL"),
+    # 10M synthetic images at 224 pixels are 1.5 TB: the worker ran out of memory and died.
+    (
+        "synthetic set too large to generate",
+        "train.dataset",
+        {"name": "synthetic", "num_samples": 10_000_000, "image_size": 224},
+        "train.dataset.num_samples",
+        "STILLHOUSE_MAX_UPLOAD_BYTES",
+    ),
+    # CIFAR-100 resized to 224 pixels is 7.5 GB of uint8.
+    (
+        "torchvision set resized too large",
+        "train.dataset",
+        {"name": "torchvision:CIFAR100", "image_size": 224},
+        "train.dataset.image_size",
+        "STILLHOUSE_MAX_UPLOAD_BYTES",
+    ),
+    (
+        "torchvision class name",
+        "train.dataset",
+        {"name": "torchvision:MNIST", "classes": ["0 - zero"]},
+        "train.dataset.classes",
+        "0, 1, 2",
+    ),
 ]
 
 
@@ -231,6 +262,18 @@ def test_invalid_spec_is_refused_with_the_field_named(
     message = next(e["message"] for e in body["errors"] if e["field"] == field)
     assert words.lower() in message.lower(), body
     # A refused spec is never stored, so no worker can see it.
+    assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_non_finite_numbers_are_refused(client, alice, tiny_spec, number):
+    # Python's JSON reader takes these; Postgres refuses them in the stored spec (was a 500).
+    tiny_spec["train"]["scheduler"] = {"warmup_epochs": "__N__"}
+    body = json.dumps(tiny_spec).replace('"__N__"', number)
+    r = client.post(
+        "/api/v1/jobs", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert_problem(r, 422, "train.scheduler.warmup_epochs")
     assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []
 
 
@@ -311,6 +354,35 @@ def test_another_owners_job_answers_404(client, alice, bob, tiny_spec):
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=alice).json()["state"] == "QUEUED"
 
 
+def test_ids_with_a_nul_answer_404_on_every_route(client, alice, tiny_spec):
+    # Postgres refuses NUL even in a WHERE clause: these were 500s there.
+    submit(client, alice, tiny_spec)
+    for method, path in (
+        ("GET", "/api/v1/jobs/a%00b"),
+        ("POST", "/api/v1/jobs/a%00b:cancel"),
+        ("DELETE", "/api/v1/jobs/a%00b"),
+        ("GET", "/api/v1/jobs/a%00b/events"),
+        ("GET", "/api/v1/jobs/a%00b/metrics"),
+        ("GET", "/api/v1/jobs/a%00b/plots/learning_curves.png"),
+        ("GET", "/api/v1/datasets/a%00b"),
+        ("DELETE", "/api/v1/datasets/a%00b"),
+        ("GET", "/api/v1/checkpoints/a%00b"),
+        ("DELETE", "/api/v1/checkpoints/a%00b"),
+        ("GET", "/api/v1/models/a%00b"),
+        ("DELETE", "/api/v1/models/a%00b"),
+        ("GET", "/api/v1/models/a%00b/artifacts/model.json"),
+        ("POST", "/api/v1/models/a%00b/predict"),
+    ):
+        assert_problem(client.request(method, path, headers=alice), 404)
+    for method, path in (
+        ("GET", "/v2/models/a%00b"),
+        ("GET", "/v2/models/a%00b/ready"),
+        ("POST", "/v2/models/a%00b/infer"),
+    ):
+        r = client.request(method, path, headers=alice)
+        assert r.status_code == 404 and "error" in r.json(), r.text
+
+
 def test_unknown_route_is_problem_json(client, alice):
     assert_problem(client.get("/api/v1/no-such-thing", headers=alice), 404)
 
@@ -375,6 +447,13 @@ def test_paging_walks_every_job_once(client, alice, tiny_spec):
     [
         ("page_token=not-a-token", "query.page_token"),
         ("page_token=eyJ4IjogMX0", "query.page_token"),  # valid base64 JSON, wrong content
+        # Well-formed, but a naive time (was a 500: naive datetime given to a UTC column) ...
+        ("page_token=" + encode_token(datetime(2020, 1, 1), "x"), "query.page_token"),
+        # ... and an id with a NUL (was a 500 on Postgres: text cannot contain NUL).
+        (
+            "page_token=" + encode_token(datetime(2020, 1, 1, tzinfo=UTC), "\x00"),
+            "query.page_token",
+        ),
         ("page_size=0", "query.page_size"),
         ("page_size=501", "query.page_size"),
         ("page_size=ten", "query.page_size"),
@@ -514,6 +593,27 @@ def test_metric_history(client, alice, bob, tiny_spec):
     assert r.json() == {"job_id": empty["id"], "metrics": [], "stages": {}}
 
 
+def test_plots_of_a_job(client, alice, bob, tiny_spec):
+    job_id = _job_with_history(client, alice, tiny_spec)
+    url = f"/api/v1/jobs/{job_id}/plots"
+    png = client.get(f"{url}/learning_curves.png", headers=alice)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG")
+    svg = client.get(f"{url}/learning_curves.svg", headers=alice)
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert_problem(client.get(f"{url}/pareto.png", headers=alice), 404)
+    assert_problem(client.get(f"{url}/learning_curves.png", headers=bob), 404)
+    empty = submit(client, alice, tiny_spec)
+    assert_problem(
+        client.get(f"/api/v1/jobs/{empty['id']}/plots/learning_curves.svg", headers=alice), 404
+    )
+    # Its queries and drawing are blocking calls: the route must run in the thread pool,
+    # not on the event loop (it was an `async def` calling them directly).
+    from app.api.routes.plots import job_plot
+
+    assert not inspect.iscoroutinefunction(job_plot)
+
+
 def test_event_stream_of_a_finished_job_resumes_by_id(client, alice, tiny_spec):
     job_id = _job_with_history(client, alice, tiny_spec)
     r = client.get(f"/api/v1/jobs/{job_id}/events", headers=alice)
@@ -546,6 +646,12 @@ def test_event_stream_of_a_finished_job_resumes_by_id(client, alice, tiny_spec):
 
     bad = client.get(f"/api/v1/jobs/{job_id}/events", headers={**alice, "Last-Event-ID": "x"})
     assert_problem(bad, 422, "header.Last-Event-ID")
+    # Past a 64-bit id: a 422 up front, not an overflow in the database mid-stream.
+    huge = str(2**80)
+    bad = client.get(f"/api/v1/jobs/{job_id}/events", headers={**alice, "Last-Event-ID": huge})
+    assert_problem(bad, 422, "header.Last-Event-ID")
+    bad = client.get(f"/api/v1/jobs/{job_id}/events?after={huge}", headers=alice)
+    assert_problem(bad, 422, "query.after")
 
 
 # ------------------------------------------------------------------------------ docs

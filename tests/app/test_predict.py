@@ -97,6 +97,26 @@ def test_n_h_w_is_n_1_h_w(client, alice, grey):
     assert a == b
 
 
+def test_large_answers_are_built_off_the_event_loop(client, alice, grey, monkeypatch):
+    # 256 images x k=1000 took a quarter of a second to build on the loop; past a bound
+    # the answer is built in a thread, and it must be the same answer.
+    from app.api.routes import models as routes
+
+    x = {"inputs": np.random.default_rng(2).random((3, 8, 8)).tolist()}
+    inline = predict(client, alice, grey, json=x, params={"k": 3}).json()
+    threads = []
+    real = routes.run_in_threadpool
+
+    async def spy(fn, *args, **kwargs):
+        threads.append(fn.__name__)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(routes, "run_in_threadpool", spy)
+    monkeypatch.setattr(routes, "INLINE_ANSWER_ENTRIES", 8)
+    assert predict(client, alice, grey, json=x, params={"k": 3}).json() == inline
+    assert threads == ["answer"]
+
+
 def test_k_is_bounded_by_the_classes_and_validated(client, alice, grey):
     x = {"inputs": [np.zeros((8, 8)).tolist()]}
     r = predict(client, alice, grey, json=x, params={"k": 50})

@@ -302,3 +302,23 @@ def test_event_ids_increase_per_job(env, tiny_spec):
         assert logs == [f"{job_id[:4]} {i}" for i in range(5)], "ids follow write order"
         assert got[0][2] == {"state": "QUEUED"}
     assert events(a)[-1][2] == {"state": "SUCCEEDED"}
+
+
+def test_non_finite_numbers_are_written_as_null(env, tiny_spec):
+    # A diverging fit reports a NaN loss: Postgres refused it (the job failed with a
+    # DataError), SQLite stored a NaN token that strict JSON readers reject.
+    engine = get_write_engine()
+    (job_id,) = enqueue(tiny_spec)
+    queue.claim_next(engine, "w")
+    nan, inf = float("nan"), float("inf")
+    with engine.begin() as conn:
+        assert queue.update_owned(
+            conn, job_id, "w", {"metrics": {"loss": nan, "accuracy": 0.5}, "stage": "train"}
+        )
+        queue.add_event(conn, job_id, "metric", {"loss": inf, "per_class": [1.0, -inf]})
+    assert queue.finish(engine, job_id, "w", state=JobState.SUCCEEDED, extra={"report": {"x": nan}})
+    job = row(job_id)
+    assert job.metrics == {"loss": None, "accuracy": 0.5}
+    assert job.report == {"x": None}
+    metric = [d for _, t, d in events(job_id) if t == "metric"]
+    assert metric == [{"loss": None, "per_class": [1.0, None]}]

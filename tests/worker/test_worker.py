@@ -16,6 +16,7 @@ from app.config import get_settings
 from app.db import get_write_engine, get_write_sessionmaker, reset_engines
 from app.models import Job, JobEvent, JobState, TrainedModel
 from app.models.base import new_id, utcnow
+from worker import queue
 from worker.main import Worker
 
 T = TypeVar("T")
@@ -202,6 +203,41 @@ def test_failing_job_ends_failed_with_a_readable_error(client, alice, spec, code
     assert last[1] == "state" and last[2] == {"state": "FAILED", "error": job["error"]}
     with get_write_sessionmaker()() as session:
         assert session.execute(select(TrainedModel)).first() is None
+
+
+def test_a_model_that_cannot_be_recorded_leaves_no_folder(client, alice, tiny_spec, settings):
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    job_id = submit(client, alice, tiny_spec)
+    worker = Worker(get_settings(), device="cpu")
+    worker._commit_success = refuse  # type: ignore[method-assign]
+    worker.run(max_jobs=1)
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=alice).json()
+    assert job["state"] == "FAILED" and job["model_id"] is None, job
+    models = settings.artifact_dir / "models"
+    assert not models.exists() or list(models.iterdir()) == [], "an orphaned model folder"
+
+
+def test_the_loop_survives_a_failure_to_record_an_outcome(client, alice, tiny_spec, monkeypatch):
+    # The first job fails, and writing FAILED fails too (the database is away for a moment):
+    # that used to end the worker's loop, leaving the queue with nobody to run it.
+    first = _store_unchecked({"kind": "train", "model": {"arch": "small_cnn"}})
+    second = submit(client, alice, tiny_spec)
+    real_finish = queue.finish
+    calls = []
+
+    def flaky_finish(*args: Any, **kwargs: Any) -> bool:
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "finish", flaky_finish)
+    Worker(get_settings(), device="cpu").run(max_jobs=2)
+    assert client.get(f"/api/v1/jobs/{second}", headers=alice).json()["state"] == "SUCCEEDED"
+    # The first keeps its lease until it goes stale; the sweep then requeues it.
+    assert client.get(f"/api/v1/jobs/{first}", headers=alice).json()["state"] == "RUNNING"
 
 
 # ------------------------------------------------------------------------------ cancel

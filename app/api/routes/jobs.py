@@ -34,6 +34,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # How often the event stream looks for new events (seconds), and sends a keep-alive.
 STREAM_POLL_SECONDS = 0.25
 STREAM_KEEPALIVE_SECONDS = 15.0
+# Event ids are 64-bit integers in the database; a larger resume point cannot be bound to a
+# query (SQLite raises OverflowError mid-stream, after the 200 has gone out).
+MAX_EVENT_ID = 2**63 - 1
 
 
 @router.post(
@@ -141,15 +144,20 @@ def job_events(
     owner: OwnerDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Resume after this event id.")
+    ] = None,
 ) -> StreamingResponse:
     jobs_service.get_owned(session, owner, job_id)
     start = after or 0
     if last_event_id is not None:
         try:
-            start = max(start, int(last_event_id))
+            resume = int(last_event_id)
         except ValueError:
-            raise invalid([field_error("header.Last-Event-ID", "must be an event id")]) from None
+            resume = MAX_EVENT_ID + 1
+        if resume > MAX_EVENT_ID:
+            raise invalid([field_error("header.Last-Event-ID", "must be an event id")])
+        start = max(start, resume)
     return StreamingResponse(
         _stream(job_id, start),
         media_type="text/event-stream",

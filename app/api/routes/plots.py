@@ -6,7 +6,6 @@ import threading
 from typing import Literal
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep
 from app.api.errors import ProblemError
@@ -32,23 +31,25 @@ _PLOT_LOCK = threading.Lock()
     },
     response_class=Response,
 )
-async def job_plot(
+def job_plot(
     job_id: str,
     name: Literal["learning_curves", "pareto"],
     fmt: Literal["png", "svg"],
     owner: OwnerDep,
     session: SessionDep,
 ) -> Response:
+    # A plain `def`: FastAPI runs it in its thread pool, so neither the queries nor the
+    # drawing (tens of milliseconds) hold up the event loop.
     job = jobs_service.get_owned(session, owner, job_id)
     title = f"{job.name or job.kind} ({job.id[:8]})"
     if name == "learning_curves":
         history = jobs_service.metric_history(session, owner=owner, job_id=job_id)
-        body = await run_in_threadpool(_locked, plots.learning_curves, history, title, fmt)
+        body = _locked(plots.learning_curves, history, title, fmt)
         missing = "the job has no training epochs yet"
     else:
         report = dict(job.report or {})
         report["constraints"] = ((job.spec.get("student") or {}).get("constraints")) or {}
-        body = await run_in_threadpool(_locked, plots.pareto, report, title, fmt)
+        body = _locked(plots.pareto, report, title, fmt)
         missing = "the job has no size-search report (student.candidates) yet"
     if body is None:
         raise ProblemError(404, missing, type_="not-found")

@@ -1,0 +1,143 @@
+"""The fit loop on its own: resume state, schedules, augmentation, divergence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from app.schemas.job_spec import DatasetRef, SchedulerSpec, StageSpec
+from worker.augment import crop_batch, random_augment
+from worker.checkpoints import CheckpointStore
+from worker.control import JobCancelled, JobControl
+from worker.data import load_dataset
+from worker.nets import NetworkConfig, build_network
+from worker.train import (
+    NullSink,
+    TrainingDivergedError,
+    cross_entropy_objective,
+    fit,
+    make_optimizer,
+    make_schedule,
+)
+
+DIGITS = load_dataset(DatasetRef(name="digits", classes=[0, 1]), data_root=Path("."), seed=0)
+
+
+def stage(**kw) -> StageSpec:
+    return StageSpec(dataset=DatasetRef(name="digits"), **{"epochs": 2, "batch_size": 64, **kw})
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_network(NetworkConfig("small_cnn", 2, 1, 8, width=0.25))
+
+
+def run_fit(model, spec, objective=None, **kw):
+    return fit(
+        stage_name="s",
+        model=model,
+        train=DIGITS,
+        stage=spec,
+        objective=objective or cross_entropy_objective(),
+        device=torch.device("cpu"),
+        seed=0,
+        control=kw.pop("control", JobControl()),
+        sink=NullSink(),
+        **kw,
+    )
+
+
+def test_fit_learns_and_records_history():
+    result = run_fit(net(), stage(epochs=3))
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[-1]["train_accuracy"] > 0.9
+
+
+def test_a_nan_loss_stops_the_stage_with_advice():
+    def nan_objective(model, x, y, idx):
+        logits = model(x)
+        return F.cross_entropy(logits, y) * float("nan"), logits
+
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        run_fit(net(), stage(), nan_objective)
+
+
+def test_cancel_stops_within_a_step():
+    control = JobControl()
+    control.cancelled.set()
+    with pytest.raises(JobCancelled):
+        run_fit(net(), stage(), control=control)
+
+
+def test_resume_continues_exactly(tmp_path: Path):
+    """Three epochs straight equal two epochs, a stop, and a resumed third."""
+    straight = net()
+    run_fit(straight, stage(epochs=3))
+    store = CheckpointStore(tmp_path)
+    first = net()
+
+    class StopAfterTwo:
+        def __init__(self):
+            self.epochs = 0
+
+        def progress(self, **_):
+            return None
+
+        def metric(self, **_):
+            self.epochs += 1
+
+    sink = StopAfterTwo()
+    control = JobControl()
+
+    def objective(model, x, y, idx):
+        if sink.epochs == 2:
+            control.shutdown.set()
+        return cross_entropy_objective()(model, x, y, idx)
+
+    with pytest.raises(Exception, match="shutting down"):
+        fit(
+            stage_name="s",
+            model=first,
+            train=DIGITS,
+            stage=stage(epochs=3),
+            objective=objective,
+            device=torch.device("cpu"),
+            seed=0,
+            control=control,
+            sink=sink,
+            checkpoints=store,
+        )
+    resumed = net()
+    result = run_fit(resumed, stage(epochs=3), checkpoints=store)
+    assert result.epochs_run == 1
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_cosine_schedule_with_warmup():
+    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), stage().optimizer)
+    sched = make_schedule(
+        opt, SchedulerSpec(name="cosine", warmup_epochs=1), total_steps=20, steps_per_epoch=10
+    )
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    peak = stage().optimizer.lr
+    assert lrs[0] == pytest.approx(peak / 10)  # warm-up starts low
+    assert lrs[9] == pytest.approx(peak)  # reaches the peak after one epoch
+    assert lrs[-1] < 0.05 * peak  # and decays towards 0
+
+
+def test_augmentation_is_seeded_and_shape_preserving():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    a = random_augment(x, "flip_crop", torch.Generator().manual_seed(1))
+    b = random_augment(x, "flip_crop", torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    # A zero offset with padding p is the identity crop at (p, p).
+    same = crop_batch(x, torch.full((2, 2), 1), pad=1)
+    assert torch.equal(same, x)
