@@ -42,6 +42,9 @@ class DatasetInfo:
     scale: float = 255.0
     # Samples in each split ("train", "test"), before filters; None when unknown.
     split_sizes: dict[str, int] | None = None
+    # "classification" (integer labels), or "regression" (float targets; class_names are
+    # then the targets' names, target_0..target_{K-1}).
+    task: str = "classification"
 
     def samples(self, ref: DatasetRef) -> int | None:
         """How many samples `ref` loads at most (its split, its class and count filters)."""
@@ -79,7 +82,15 @@ class InMemoryData:
 
     @property
     def num_classes(self) -> int:
+        """Outputs a model of this data has: classes, or regression targets."""
         return len(self.class_names)
+
+    @property
+    def task(self) -> str:
+        """ "regression" when the labels are float targets [N, K], else "classification"."""
+        if self.y is not None and self.y.is_floating_point():
+            return "regression"
+        return "classification"
 
     @property
     def channels(self) -> int:
@@ -330,6 +341,11 @@ def _load_torchvision(ref: DatasetRef, root: Path, *, download: bool) -> InMemor
 
 
 # ---------------------------------------------------------------------------- uploads
+def target_names(k: int) -> list[str]:
+    """Names of K regression targets, in the places class names take for classes."""
+    return [f"target_{i}" for i in range(k)]
+
+
 def holdout_mask(y: np.ndarray | None, n: int) -> np.ndarray:
     """The fixed test split of an upload: every fifth sample of each class (or overall)."""
     test = np.zeros(n, dtype=bool)
@@ -345,10 +361,17 @@ def load_uploaded(path: Path, split: str = "all") -> InMemoryData:
     """An upload as validated and stored by the API: x [N, C, H, W], optional y, class names."""
     with np.load(path, allow_pickle=False) as npz:
         x_np = npz["x"]
-        y_np = npz["y"].astype(np.int64) if "y" in npz.files else None
+        y_np = npz["y"] if "y" in npz.files else None
         names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else []
+    regression = y_np is not None and y_np.dtype.kind == "f"
+    if regression:
+        assert y_np is not None
+        y_np = y_np.astype(np.float32).reshape(len(y_np), -1)
+        names = target_names(y_np.shape[1])
+    elif y_np is not None:
+        y_np = y_np.astype(np.int64)
     if split != "all":
-        test = holdout_mask(y_np, len(x_np))
+        test = holdout_mask(None if regression else y_np, len(x_np))
         keep = test if split == "test" else ~test
         x_np = x_np[keep]
         y_np = None if y_np is None else y_np[keep]
@@ -370,6 +393,7 @@ class UploadedInfo:
     scale: float
     path: Path
     num_samples: int | None = None
+    task: str = "classification"
 
 
 def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> DatasetInfo:
@@ -386,6 +410,7 @@ def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> Datas
             uploaded.scale,
             # The holdout split is about a fifth: bound both splits by the whole set.
             split_sizes=None if n is None else {"train": n, "test": n},
+            task=uploaded.task,
         )
     name = ref.name or ""
     if name.startswith("torchvision:"):
@@ -456,7 +481,9 @@ def _load_source(ref: DatasetRef, data_root: Path, download: bool) -> InMemoryDa
 
 def apply_filters(data: InMemoryData, ref: DatasetRef, *, seed: int) -> InMemoryData:
     x, y, names = data.x, data.y, data.class_names
-    keep_classes = resolve_classes(ref, names)
+    # Class filters mean nothing for regression targets (the spec check refuses them).
+    labels = y is not None and not y.is_floating_point()
+    keep_classes = resolve_classes(ref, names) if labels else None
     if keep_classes is not None and y is not None:
         # Relabel to 0..k-1 in the order given, so the head has exactly k outputs.
         lut = torch.full((max(len(names), int(y.max()) + 1),), -1, dtype=torch.int64)
@@ -466,7 +493,7 @@ def apply_filters(data: InMemoryData, ref: DatasetRef, *, seed: int) -> InMemory
         mask = mapped >= 0
         x, y = x[mask], mapped[mask]
         names = [names[i] for i in keep_classes]
-    if ref.samples_per_class is not None and y is not None:
+    if ref.samples_per_class is not None and y is not None and labels:
         gen = torch.Generator().manual_seed(seed)
         picks = []
         for c in range(len(names)):

@@ -71,6 +71,7 @@ def model_meta(
     metrics: dict[str, Any],
     job_id: str | None,
     name: str | None,
+    task: str = "classification",
 ) -> dict[str, Any]:
     return {
         "format": MODEL_FORMAT,
@@ -78,6 +79,8 @@ def model_meta(
         "name": name,
         "arch": config.arch,
         "network": config.to_json(),
+        # "regression": the outputs are float targets, named in `classes` (target_i).
+        "task": task,
         "classes": class_names,
         "num_classes": len(class_names),
         "input": {
@@ -108,6 +111,7 @@ def export_model(
     onnx: bool = True,
     time_backends: bool = True,
     threads: int | None = None,
+    task: str = "classification",
 ) -> ExportedModel:
     """Write model.safetensors, model.onnx (when it exports and checks) and model.json.
 
@@ -127,6 +131,7 @@ def export_model(
         metrics=metrics,
         job_id=job_id,
         name=name,
+        task=task,
     )
     size = (folder / "model.safetensors").stat().st_size
     meta["size_bytes"] = size

@@ -58,7 +58,7 @@ from worker.nets import (
     size_bytes_fp32,
 )
 from worker.reporting import Reporter
-from worker.train import Objective, cross_entropy_objective, evaluate, fit
+from worker.train import Objective, cross_entropy_objective, evaluate, fit, squared_error
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,8 @@ class Trained:
     net: Network
     config: NetworkConfig
     class_names: list[str]
+    # "regression": the outputs are float targets (class_names name them: target_i).
+    task: str = "classification"
 
 
 def stage_done(ctx: JobContext, stage: str, net: torch.nn.Module) -> dict[str, Any] | None:
@@ -350,11 +352,14 @@ def retarget(
         torch.manual_seed(seed)
         replace_head(net.backbone, num_classes)
         config.num_classes = num_classes
-    return Trained(net.to(ctx.device), config, trained.class_names)
+    return Trained(net.to(ctx.device), config, trained.class_names, trained.task)
 
 
 def same_classes(trained: Trained, data: InMemoryData) -> bool:
-    return data.y is not None and trained.class_names == data.class_names
+    """Whether `trained` predicts what `data` labels: its classes (or regression targets)."""
+    return (
+        data.y is not None and trained.task == data.task and trained.class_names == data.class_names
+    )
 
 
 # ----------------------------------------------------------------------------- teacher
@@ -390,9 +395,14 @@ def obtain_teacher(ctx: JobContext, spec: ModelSpec, *, data: InMemoryData, seed
                 description=f"training the teacher {config.arch} on {source.description} "
                 f"({len(source)} images)",
             )
-        return Trained(net, config, source.class_names)
+        return Trained(net, config, source.class_names, source.task)
     net, config = build_model(ctx, spec, data, _source_classes(ctx, spec), seed=seed)
-    return Trained(net.to(ctx.device), config, _class_names(ctx, spec, config.num_classes))
+    return Trained(
+        net.to(ctx.device),
+        config,
+        _class_names(ctx, spec, config.num_classes),
+        _model_task(ctx, spec),
+    )
 
 
 def _source_classes(ctx: JobContext, spec: ModelSpec) -> int:
@@ -419,6 +429,12 @@ def _class_names(ctx: JobContext, spec: ModelSpec, k: int) -> list[str]:
         if names and len(names) == k:
             return list(names)
     return [str(i) for i in range(k)]
+
+
+def _model_task(ctx: JobContext, spec: ModelSpec) -> str:
+    if spec.source == "model" and spec.model_id is not None:
+        return str(ctx.lookups.model(spec.model_id)[1].get("task", "classification"))
+    return "classification"
 
 
 def _torchvision_categories(spec: ModelSpec) -> list[str]:
@@ -452,7 +468,7 @@ def distill(
     data = load_data(ctx, stage_spec.dataset, seed=seed)
     k = teacher.config.num_classes
     student_net, student_config = build_model(ctx, student_spec, data, k, seed=seed)
-    student = Trained(student_net.to(ctx.device), student_config, teacher.class_names)
+    student = Trained(student_net.to(ctx.device), student_config, teacher.class_names, teacher.task)
     if stage_done(ctx, stage, student.net) is not None:
         return student
     mode = choose_teacher_outputs(stage_spec)
@@ -588,7 +604,8 @@ def distill_eval_fn(
 ) -> Callable[[torch.nn.Module], dict[str, float]] | None:
     """Per-epoch: agreement with the teacher on the distill set's held-out split (and
     accuracy, where its labels are the teacher's classes)."""
-    if ref.split != "train":
+    if ref.split != "train" or teacher.task == "regression":
+        # Agreement of top classes means nothing for regression outputs.
         return None
     held_out = load_data(
         ctx, ref.model_copy(update={"split": "test", "samples_per_class": None}), seed=seed
@@ -618,8 +635,8 @@ def distill_eval_fn(
 
 # ---------------------------------------------------------------------------- finetune
 class FinetuneObjective:
-    """L_T on the target labels (cross-entropy, or the squared error to one-hot targets),
-    plus `kd_weight` times the soft-target term from a teacher that predicts the same
+    """L_T on the target labels (cross-entropy, or the squared error to one-hot targets;
+    the squared error for regression targets), plus `kd_weight` times the soft-target term from a teacher that predicts the same
     classes."""
 
     def __init__(
@@ -633,9 +650,12 @@ class FinetuneObjective:
         if y is None:
             raise JobFailedError("unlabelled_data", "fine-tuning needs labels")
         logits = model(x)
-        if self.stage.loss == "mse":
-            target = F.one_hot(y, logits.shape[1]).float()
-            task = (logits - target).pow(2).sum(dim=1).mean()
+        if y.is_floating_point():
+            # Regression targets: the squared error, whatever `loss` says (the spec check
+            # refuses cross_entropy for them).
+            task = squared_error(logits, y)
+        elif self.stage.loss == "mse":
+            task = squared_error(logits, F.one_hot(y, logits.shape[1]))
         else:
             task = F.cross_entropy(logits, y, label_smoothing=self.stage.label_smoothing)
         w = self.stage.kd_weight
@@ -664,7 +684,7 @@ def finetune(
     if data.y is None:
         raise JobFailedError("unlabelled_data", "finetune.dataset has no labels")
     target = retarget(ctx, model, data, data.num_classes, seed=seed)
-    target.class_names = data.class_names
+    target.class_names, target.task = data.class_names, data.task
     if stage_done(ctx, stage, target.net) is not None:
         return target
     teacher_net, cache = None, None
@@ -718,7 +738,7 @@ def train_from_scratch(
     if data.y is None:
         raise JobFailedError("unlabelled_data", f"{stage}: the dataset has no labels")
     net, config = build_model(ctx, spec, data, data.num_classes, seed=seed)
-    trained = Trained(net.to(ctx.device), config, data.class_names)
+    trained = Trained(net.to(ctx.device), config, data.class_names, data.task)
     if stage_done(ctx, stage, net) is None:
         run_fit_stage(
             ctx,
@@ -742,6 +762,7 @@ def finish_model(
     class_names: list[str],
     metrics: dict[str, Any],
     model_id: str,
+    task: str = "classification",
 ) -> ExportedModel:
     """Write the served model's artifacts (see worker.export)."""
     net = copy.deepcopy(net).to("cpu").eval()
@@ -755,6 +776,7 @@ def finish_model(
         metrics=metrics,
         job_id=ctx.job_id,
         name=ctx.name,
+        task=task,
     )
 
 
@@ -784,7 +806,10 @@ def figures(ctx: JobContext, trained: Trained, eval_data: InMemoryData | None) -
         "accuracy": None,
     }
     if eval_data is not None and same_classes(trained, eval_data):
-        out["accuracy"] = evaluate(net.to(ctx.device), eval_data, device=ctx.device)["accuracy"]
+        result = evaluate(net.to(ctx.device), eval_data, device=ctx.device)
+        out["accuracy"] = result.get("accuracy")
+        if trained.task == "regression":
+            out["mse"], out["mae"] = result["mse"], result["mae"]
     elif eval_data is not None:
         out["accuracy_note"] = (
             "predicts other classes than the evaluation set's "
@@ -830,6 +855,7 @@ def _outcome(
         class_names=trained.class_names,
         metrics=metrics,
         model_id=model_id,
+        task=trained.task,
     )
     backends = exported.meta.get("backends") or {}
     preferred = backends.get("preferred")
@@ -871,7 +897,8 @@ def run_finetune(ctx: JobContext, spec: FinetuneJobSpec, *, model_id: str) -> Jo
         if spec.model.source != "scratch"
         else data.class_names
     )
-    model = Trained(net.to(ctx.device), config, names)
+    task = _model_task(ctx, spec.model) if spec.model.source != "scratch" else data.task
+    model = Trained(net.to(ctx.device), config, names, task)
     teacher = None
     if spec.teacher is not None:
         teacher = obtain_teacher(ctx, spec.teacher, data=data, seed=spec.seed)
@@ -1020,7 +1047,7 @@ def static_violation(
     if not (constraints.max_params or constraints.max_size_bytes or constraints.max_latency_ms):
         return None
     net, config = build_model(ctx, spec, data, data.num_classes, seed=0)
-    f = figures(ctx, Trained(net, config, data.class_names), None)
+    f = figures(ctx, Trained(net, config, data.class_names, data.task), None)
     for key, name, limit in (
         ("params", "max_params", constraints.max_params),
         ("size_bytes", "max_size_bytes", constraints.max_size_bytes),
@@ -1057,7 +1084,11 @@ def choose_candidate(
             f"no candidate reached min_accuracy {floor}; serving the most accurate",
             False,
         )
-    best = max(trained, key=lambda e: (e["accuracy"] or 0.0, -e["params"]))
+    # Regression targets have no accuracy: the lowest squared error is the best.
+    best = max(
+        trained,
+        key=lambda e: (e["accuracy"] or 0.0, -(e.get("mse") or 0.0), -e["params"]),
+    )
     return best["index"], "the most accurate candidate within the budgets", True
 
 

@@ -68,11 +68,21 @@ class FitResult:
     seconds: float = 0.0
 
 
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The founding document's L_T = E ||g(x) - y||^2: summed over targets, mean over x."""
+    return (outputs.float() - targets.float()).pow(2).sum(dim=1).mean()
+
+
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
+    """Supervised training: cross-entropy on class labels, the squared error on float
+    regression targets (decided by the labels' dtype)."""
+
     def objective(model, x, y, idx):
         if y is None:
             raise ValueError("this stage needs labels, and its dataset has none")
         logits = model(x)
+        if y.is_floating_point():
+            return squared_error(logits, y), logits
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
     return objective
@@ -114,20 +124,28 @@ def make_schedule(
 def evaluate(
     model: nn.Module, data: InMemoryData, *, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on a labelled set."""
+    """Accuracy and mean cross-entropy on a labelled set; for regression targets the mean
+    squared error (summed over targets) and the mean absolute error."""
     if data.y is None:
         raise ValueError("evaluation needs a labelled dataset")
+    regression = data.y.is_floating_point()
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum, abs_sum = 0, 0.0, 0.0
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size].to(device, non_blocking=True).float()
         y = data.y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
+        if regression:
+            loss_sum += (logits - y).pow(2).sum().item()
+            abs_sum += (logits - y).abs().mean(dim=1).sum().item()
+        else:
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
     n = max(1, len(data))
+    if regression:
+        return {"mse": loss_sum / n, "mae": abs_sum / n}
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
@@ -216,7 +234,7 @@ def fit(
             schedule.step()
             # Accumulate on the device: no host sync per step.
             loss_sum += loss.detach() * len(idx)
-            if y is not None:
+            if y is not None and not y.is_floating_point():
                 correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
             dt = time.perf_counter() - t0
@@ -239,7 +257,7 @@ def fit(
                 f"{stage_name}: the training loss became {values['train_loss']} in epoch "
                 f"{epoch + 1}; lower the learning rate ({stage.optimizer.lr}) or add warm-up"
             )
-        if train.y is not None:
+        if train.y is not None and not train.y.is_floating_point():
             values["train_accuracy"] = int(correct) / max(1, seen)
         last = epoch + 1 == stage.epochs
         due = stage.eval_every > 0 and (epoch + 1) % stage.eval_every == 0

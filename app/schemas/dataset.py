@@ -36,6 +36,12 @@ class DatasetOut(BaseModel):
     name: str | None
     format: Literal["npz", "image_folder"] = Field(description="What was uploaded.")
     num_samples: int
+    task: str = Field(
+        "classification",
+        description="classification (integer y), or regression (float y: `targets` values a "
+        "sample, no classes).",
+    )
+    targets: int | None = Field(None, description="Regression targets a sample.")
     num_classes: int = Field(description="len(classes); 0 for an unlabelled set.")
     classes: list[str] = Field(description="Class names, index order; [] when unlabelled.")
     labeled: bool = Field(description="False: the set serves distillation only.")

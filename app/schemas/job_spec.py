@@ -239,8 +239,10 @@ class DistillStage(StageSpec):
 
 
 class FinetuneStage(StageSpec):
-    loss: Literal["cross_entropy", "mse"] = Field(
-        "cross_entropy", description="mse: the squared error to one-hot targets (L_T)."
+    loss: Literal["auto", "cross_entropy", "mse"] = Field(
+        "auto",
+        description="L_T. auto: cross-entropy for classes, the squared error for regression "
+        "targets; mse on classes: the squared error to one-hot targets.",
     )
     kd_weight: float = Field(
         0.0, ge=0, le=1, description="Weight of a distillation term from the teacher."

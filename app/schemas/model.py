@@ -27,6 +27,11 @@ class ModelOut(BaseModel):
     id: str
     name: str | None
     arch: str
+    task: str = Field(
+        "classification",
+        description="classification, or regression (outputs are float targets, named in "
+        "`classes`: target_0, ...; /predict answers `values`).",
+    )
     classes: list[str] = Field(description="Class names, index order.")
     num_classes: int
     input: ModelInput

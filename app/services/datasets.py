@@ -45,7 +45,7 @@ from app.services.upload_io import (
     has_control_chars,
     parse_form,
 )
-from worker.data import holdout_mask, resize
+from worker.data import holdout_mask, resize, target_names
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ MAX_ZIP_ENTRIES = 200_000
 MAX_CLASSES = 10_000
 MAX_CLASS_NAME_CHARS = 200
 NPZ_KEYS = ("x", "y", "class_names")
+# Regression targets per sample, at most (a float y of shape [N, K]).
+MAX_TARGETS = 1000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Files that operating systems drop into folders by themselves.
 IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -248,6 +250,8 @@ def _read_npz(
     if "class_names" in headers:
         if "y" not in headers:
             reject("class_names: given without y; labels are needed for names to mean anything")
+        if headers["y"][1].kind == "f":
+            reject("class_names: float y holds regression targets, which have no classes")
         names_shape, names_dtype = headers["class_names"]
         if names_dtype.kind not in "US":
             reject(_dtype_problem("class_names", names_dtype, "use np.array(names, dtype=str)"))
@@ -271,7 +275,10 @@ def _read_npz(
         x = resize(torch.from_numpy(np.ascontiguousarray(x)), image_size).numpy()
 
     y, class_names = None, []
-    if "y" in arrays:
+    if "y" in arrays and arrays["y"].dtype.kind == "f":
+        y, class_names = _check_targets(arrays["y"])
+        source["task"] = "regression"
+    elif "y" in arrays:
         given = None
         if "class_names" in arrays:
             given = _check_class_names(arrays["class_names"])
@@ -325,14 +332,33 @@ def _check_x_header(shape: tuple[int, ...], dtype: np.dtype[Any], image_size: in
 
 
 def _check_y_header(shape: tuple[int, ...], dtype: np.dtype[Any], n: int) -> None:
-    if dtype.kind not in "iu":
+    if dtype.kind == "f":
+        # Float y: regression targets, one value ([N]) or K values ([N, K]) per sample.
+        if len(shape) not in (1, 2) or (len(shape) == 2 and not 1 <= shape[1] <= MAX_TARGETS):
+            reject(
+                f"y: float regression targets must have shape [N] or [N, K] with K from 1 to "
+                f"{MAX_TARGETS}, got shape {list(shape)}"
+            )
+    elif dtype.kind not in "iu":
         reject(
-            _dtype_problem("y", dtype, "expected integer labels 0..K-1, e.g. y.astype(np.int64)")
+            _dtype_problem(
+                "y",
+                dtype,
+                "expected integer labels 0..K-1 (y.astype(np.int64)) or float regression targets",
+            )
         )
-    if len(shape) != 1:
+    elif len(shape) != 1:
         reject(f"y: expected one label per sample (shape [N]), got shape {list(shape)}")
     if shape[0] != n:
         reject(f"y: has {shape[0]} labels, but x has {n} samples")
+
+
+def _check_targets(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Regression targets as float32 [N, K], and their names target_0..target_{K-1}."""
+    y = raw.astype(np.float32).reshape(len(raw), -1)
+    if not np.isfinite(y).all():
+        reject("y: regression targets contain NaN or infinite values")
+    return y, target_names(y.shape[1])
 
 
 def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
@@ -536,7 +562,8 @@ def _pixels(img: Image.Image, *, grey: bool, side: int) -> np.ndarray:
 def describe(data: ValidatedData) -> dict[str, Any]:
     """The row's meta: class counts, the fixed holdout's sizes and train-split statistics."""
     n = len(data.x)
-    test = holdout_mask(data.y, n)
+    regression = data.y is not None and data.y.dtype.kind == "f"
+    test = holdout_mask(None if regression else data.y, n)
     train_idx = np.flatnonzero(~test)
     mean, std = channel_stats(data.x, train_idx)
     meta: dict[str, Any] = {
@@ -546,7 +573,13 @@ def describe(data: ValidatedData) -> dict[str, Any]:
         "split_sizes": {"train": len(train_idx), "test": int(test.sum())},
         "source": data.source,
     }
-    if data.y is not None:
+    meta["task"] = "regression" if regression else "classification"
+    if regression:
+        assert data.y is not None
+        meta["targets"] = int(data.y.shape[1])
+        meta["target_mean"] = [round(float(v), 6) for v in data.y[~test].mean(axis=0)]
+        meta["target_std"] = [round(float(v), 6) for v in data.y[~test].std(axis=0)]
+    elif data.y is not None:
         counts = np.bincount(data.y, minlength=len(data.class_names))
         meta["class_counts"] = {
             name: int(c) for name, c in zip(data.class_names, counts, strict=True)
@@ -579,7 +612,9 @@ def store(data: ValidatedData, *, artifact_dir: Path, dataset_id: str) -> tuple[
     final = folder / f"{dataset_id}.npz"
     tmp = folder / f".{dataset_id}.npz.tmp"
     arrays: dict[str, np.ndarray] = {"x": data.x}
-    if data.y is not None:
+    if data.y is not None and data.y.dtype.kind == "f":
+        arrays["y"] = data.y.astype(np.float32)  # regression targets: no class names
+    elif data.y is not None:
         arrays["y"] = data.y.astype(np.int64)
         arrays["class_names"] = np.array(data.class_names, dtype=np.str_)
     try:
@@ -601,6 +636,8 @@ def dataset_out(row: Dataset) -> DatasetOut:
         name=row.name,
         format=row.format,  # type: ignore[arg-type]
         num_samples=row.num_samples,
+        task=(row.meta or {}).get("task", "classification"),
+        targets=(row.meta or {}).get("targets"),
         num_classes=len(row.classes),
         classes=[str(c) for c in row.classes],
         labeled=row.labeled,
@@ -637,7 +674,8 @@ def create_dataset(
         name=form.name or display_name(upload.filename),
         format=data.format,
         num_samples=len(data.x),
-        classes=data.class_names,
+        # Regression targets have no classes; their names live in meta["targets"].
+        classes=[] if meta.get("task") == "regression" else data.class_names,
         labeled=data.y is not None,
         shape=[int(d) for d in data.x.shape[1:]],
         dtype="uint8" if data.x.dtype == np.uint8 else "float32",

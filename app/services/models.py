@@ -90,6 +90,7 @@ def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> Model
             "id": row.id,
             "name": row.name,
             "arch": row.arch,
+            "task": meta.get("task", "classification"),
             "classes": [str(c) for c in meta.get("classes", [])],
             "num_classes": meta.get("num_classes", len(meta.get("classes", []))),
             "input": meta["input"],

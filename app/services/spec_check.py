@@ -20,8 +20,10 @@ from app.models import Checkpoint, Dataset, TrainedModel
 from app.schemas.job_spec import (
     DatasetRef,
     DistillJobSpec,
+    DistillStage,
     EvaluateSpec,
     FinetuneJobSpec,
+    FinetuneStage,
     ModelSpec,
     PipelineJobSpec,
     SizeSearch,
@@ -34,6 +36,7 @@ from worker.data import (
     UploadedInfo,
     dataset_info,
     resolve_classes,
+    target_names,
 )
 from worker.nets import (
     NetworkConfig,
@@ -55,6 +58,7 @@ class ResolvedData:
     labeled: bool
     channels: int
     image_size: int
+    task: str = "classification"
 
 
 @dataclass
@@ -83,20 +87,31 @@ class SpecChecker:
             if row is None:
                 self.error(f"{where}.id", f"no dataset with id {ref.id!r}")
                 return None
+            regression = (row.meta or {}).get("task") == "regression"
             uploaded = UploadedInfo(
-                class_names=list(row.classes),
+                class_names=(
+                    target_names(int(row.meta["targets"])) if regression else list(row.classes)
+                ),
                 channels=int(row.shape[0]),
                 image_size=int(row.shape[-1]),
                 labeled=row.labeled,
                 scale=255.0 if row.dtype == "uint8" else 1.0,
                 path=row.path,  # type: ignore[arg-type]
                 num_samples=row.num_samples,
+                task="regression" if regression else "classification",
             )
         try:
             info: DatasetInfo = dataset_info(ref, uploaded)
         except UnknownNameError as exc:
             self.error(f"{where}.name", str(exc))
             return None
+        if info.task == "regression":
+            for field in ("classes", "samples_per_class"):
+                if getattr(ref, field) is not None:
+                    self.error(
+                        f"{where}.{field}", "the dataset holds regression targets, not classes"
+                    )
+                    return None
         if ref.classes is not None:
             if not info.labeled:
                 self.error(f"{where}.classes", "the dataset has no labels to filter by")
@@ -115,6 +130,7 @@ class SpecChecker:
             labeled=info.labeled and ref.labels,
             channels=info.channels,
             image_size=ref.image_size or info.image_size,
+            task=info.task,
         )
 
     def memory_size(self, ref: DatasetRef, info: DatasetInfo, where: str) -> None:
@@ -231,7 +247,13 @@ class SpecChecker:
                 )
 
     def evaluation(
-        self, spec: AnySpec, target: DatasetRef, classes: int | None, *, must_match: bool = True
+        self,
+        spec: AnySpec,
+        target: DatasetRef,
+        classes: int | None,
+        *,
+        must_match: bool = True,
+        task: str | None = None,
     ) -> EvaluateSpec:
         """The evaluation set (default: the target's test split); with `must_match`, it
         must have the classes the served model predicts."""
@@ -243,12 +265,43 @@ class SpecChecker:
             # reported under the target's field, the one the user wrote; say it once.
             seen = {e["message"] for e in self.errors[:before]}
             self.errors[before:] = [e for e in self.errors[before:] if e["message"] not in seen]
-        if must_match and data is not None and classes is not None and data.num_classes != classes:
+        if must_match and data is not None and task is not None and data.task != task:
+            self.error("evaluate.dataset", f"is a {data.task} set; the model does {task}")
+        elif (
+            must_match and data is not None and classes is not None and data.num_classes != classes
+        ):
             self.error(
                 "evaluate.dataset",
                 f"has {data.num_classes} classes; the model predicts {classes}",
             )
         return evaluate
+
+    def finetune_target(self, stage: FinetuneStage, data: ResolvedData | None, where: str) -> None:
+        """Regression targets train with the squared error and have no soft targets."""
+        if data is None or data.task != "regression":
+            return
+        if stage.loss == "cross_entropy":
+            self.error(f"{where}.loss", "the target holds regression targets: use mse (or auto)")
+        if stage.kd_weight > 0:
+            self.error(f"{where}.kd_weight", "soft targets need classes; the target is regression")
+
+    def regression_teacher(self, spec: ModelSpec, stage: DistillStage, where: str) -> None:
+        """A teacher trained on regression targets is distilled by the squared error only."""
+        task = "classification"
+        if spec.source == "train" and spec.train is not None:
+            before = len(self.errors)
+            data = self.dataset(spec.train.dataset, f"{where}.train.dataset")
+            del self.errors[before:]  # reported once, by the teacher's own check
+            task = data.task if data is not None else task
+        elif spec.source == "model" and spec.model_id is not None:
+            row = self.session.execute(
+                select(TrainedModel).where(
+                    TrainedModel.id == spec.model_id, TrainedModel.owner == self.owner
+                )
+            ).scalar_one_or_none()
+            task = (row.meta or {}).get("task", task) if row is not None else task
+        if task == "regression" and stage.loss.type != "mse":
+            self.error("distill.loss.type", "the teacher predicts regression targets: use mse")
 
     # ------------------------------------------------------------------ job kinds
     def check(self, spec: AnySpec) -> AnySpec:
@@ -256,7 +309,12 @@ class SpecChecker:
         if isinstance(spec, TrainJobSpec):
             self.model(spec.model, "model")
             data = self.labelled_dataset(spec.train.dataset, "train.dataset")
-            evaluate = self.evaluation(spec, spec.train.dataset, data.num_classes if data else None)
+            evaluate = self.evaluation(
+                spec,
+                spec.train.dataset,
+                data.num_classes if data else None,
+                task=data.task if data else None,
+            )
             return spec.model_copy(update={"evaluate": evaluate})
         if isinstance(spec, DistillJobSpec):
             teacher = self.model(spec.teacher, "teacher")
@@ -264,6 +322,7 @@ class SpecChecker:
             k = self.teacher_classes(spec.teacher, teacher, "teacher")
             self.dataset(spec.distill.dataset, "distill.dataset")
             self.hint_layers(spec.distill, teacher, spec.student.arch, "distill")
+            self.regression_teacher(spec.teacher, spec.distill, "teacher")
             # A distilled student predicts the teacher's classes (ImageNet's, say); on an
             # evaluation set with other classes the report gives agreement, not accuracy.
             evaluate = self.evaluation(spec, spec.distill.dataset, k, must_match=False)
@@ -271,6 +330,7 @@ class SpecChecker:
         if isinstance(spec, FinetuneJobSpec):
             self.model(spec.model, "model")
             data = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
+            self.finetune_target(spec.finetune, data, "finetune")
             if spec.teacher is not None:
                 teacher = self.model(spec.teacher, "teacher")
                 k = self.teacher_classes(spec.teacher, teacher, "teacher")
@@ -281,7 +341,10 @@ class SpecChecker:
                         f"{data.num_classes}; a kd term needs the same classes",
                     )
             evaluate = self.evaluation(
-                spec, spec.finetune.dataset, data.num_classes if data else None
+                spec,
+                spec.finetune.dataset,
+                data.num_classes if data else None,
+                task=data.task if data else None,
             )
             return spec.model_copy(update={"evaluate": evaluate})
         return self.check_pipeline(spec)
@@ -299,6 +362,28 @@ class SpecChecker:
             self.hint_layers(spec.distill, teacher, resolved.arch, "distill")
         self.dataset(spec.distill.dataset, "distill.dataset")
         target = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
+        self.finetune_target(spec.finetune, target, "finetune")
+        self.regression_teacher(spec.teacher, spec.distill, "teacher")
+        if (
+            spec.strategy == "finetune_then_distill"
+            and target is not None
+            and target.task == "regression"
+            and spec.distill.loss.type != "mse"
+        ):
+            # The adapted teacher then predicts the regression targets.
+            self.error(
+                "distill.loss.type",
+                "finetune_then_distill on regression targets distills them: use mse",
+            )
+        if (
+            isinstance(spec.student, SizeSearch)
+            and spec.student.constraints.min_accuracy is not None
+            and target is not None
+            and target.task == "regression"
+        ):
+            self.error(
+                "student.constraints.min_accuracy", "the target is regression: it has no accuracy"
+            )
         if spec.finetune.kd_weight > 0 and spec.strategy == "distill_then_finetune":
             k = self.teacher_classes(spec.teacher, teacher, "teacher")
             if target is not None and k is not None and k != target.num_classes:
@@ -309,7 +394,10 @@ class SpecChecker:
                     "finetune_then_distill, which adapts the teacher to the target first)",
                 )
         evaluate = self.evaluation(
-            spec, spec.finetune.dataset, target.num_classes if target else None
+            spec,
+            spec.finetune.dataset,
+            target.num_classes if target else None,
+            task=target.task if target else None,
         )
         return spec.model_copy(update={"evaluate": evaluate})
 

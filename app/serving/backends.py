@@ -68,6 +68,11 @@ class LoadedModel:
     def size_bytes(self) -> int:
         return self.backend.size_bytes
 
+    @property
+    def task(self) -> str:
+        """ "regression" when the outputs are float targets, else "classification"."""
+        return str(self.meta.get("task", "classification"))
+
 
 class TorchBackend:
     """The Network rebuilt from the registry, weights from model.safetensors."""

@@ -42,6 +42,11 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
 
 
+def output_names(task: str) -> tuple[str, ...]:
+    """A regression model's outputs are its targets' values: no probabilities."""
+    return ("logits",) if task == "regression" else OUTPUTS
+
+
 def model_metadata(model_id: str, meta: dict[str, Any], platform: str) -> dict[str, Any]:
     c, h, w = (int(v) for v in meta["input"]["shape"])
     classes = len(meta["classes"])
@@ -57,9 +62,11 @@ def model_metadata(model_id: str, meta: dict[str, Any], platform: str) -> dict[s
             }
         ],
         "outputs": [
-            {"name": name, "datatype": DATATYPE, "shape": [-1, classes]} for name in OUTPUTS
+            {"name": name, "datatype": DATATYPE, "shape": [-1, classes]}
+            for name in output_names(meta.get("task", "classification"))
         ],
         "parameters": {
+            "task": meta.get("task", "classification"),
             "classes": [str(c) for c in meta["classes"]],
             "scale": meta["input"].get("scale", 1.0),
         },
@@ -98,7 +105,7 @@ def parse_infer(
     if len(inputs) != 1:
         raise bad("inputs", f"has {len(inputs)} tensors; the model takes one, {input_name!r}")
     x = _tensor(inputs[0], binary, input_name=input_name, model=model, limits=limits)
-    return InferRequest(request_id, x, _outputs(request))
+    return InferRequest(request_id, x, _outputs(request, output_names(model.task)))
 
 
 def _tensor(
@@ -163,7 +170,7 @@ def _tensor(
     return conform(x, field=where, shape=model.input_shape, limits=limits, strict=True)
 
 
-def _outputs(request: dict[str, Any]) -> list[RequestedOutput]:
+def _outputs(request: dict[str, Any], names: tuple[str, ...] = OUTPUTS) -> list[RequestedOutput]:
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise bad("parameters", "must be an object")
@@ -172,7 +179,7 @@ def _outputs(request: dict[str, Any]) -> list[RequestedOutput]:
         raise bad("parameters.binary_data_output", "must be true or false")
     requested = request.get("outputs")
     if requested is None:
-        return [RequestedOutput(name, default_binary) for name in OUTPUTS]
+        return [RequestedOutput(name, default_binary) for name in names]
     if not isinstance(requested, list) or not requested:
         raise bad("outputs", "must be a non-empty list of {name} objects")
     out: list[RequestedOutput] = []
@@ -181,8 +188,8 @@ def _outputs(request: dict[str, Any]) -> list[RequestedOutput]:
         if not isinstance(item, dict):
             raise bad(where, "must be an object with a name")
         name = item.get("name")
-        if name not in OUTPUTS:
-            raise bad(f"{where}.name", f"is {name!r}; outputs are {', '.join(OUTPUTS)}")
+        if name not in names:
+            raise bad(f"{where}.name", f"is {name!r}; outputs are {', '.join(names)}")
         if any(o.name == name for o in out):
             raise bad(f"{where}.name", f"{name!r} is requested twice")
         params = item.get("parameters") or {}

@@ -236,9 +236,15 @@ BAD_NPZ: list[tuple[str, dict[str, Any], str]] = [
         "y: has 3 labels, but x has 4 samples",
     ),
     (
-        "float y",
-        {"x": np.zeros((4, 16, 16), np.uint8), "y": np.zeros(4)},
-        "y: dtype float64 is not accepted",
+        # A float y is regression targets (tests/worker/test_regression.py); text is not.
+        "string y",
+        {"x": np.zeros((4, 16, 16), np.uint8), "y": np.array(["a", "b", "c", "d"])},
+        "y: dtype",
+    ),
+    (
+        "3-D float y",
+        {"x": np.zeros((4, 16, 16), np.uint8), "y": np.zeros((4, 2, 2), np.float32)},
+        "y: float regression targets must have shape",
     ),
     (
         "2-D y",

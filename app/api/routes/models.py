@@ -211,16 +211,21 @@ async def predict(
         raise input_problem(exc) from None
     logits = await server.logits(model, x)
     if len(logits) * min(k, logits.shape[1]) <= INLINE_ANSWER_ENTRIES:
-        content = answer(logits, model.classes, k)
+        content = answer(logits, model.classes, k, model.task)
     else:
-        content = await run_in_threadpool(answer, logits, model.classes, k)
+        content = await run_in_threadpool(answer, logits, model.classes, k, model.task)
     PREDICT_LATENCY.labels(model.id, "v1").observe(time.perf_counter() - start)
     return Response(content, media_type="application/json")
 
 
-def answer(logits: np.ndarray, classes: list[str], k: int) -> bytes:
-    """The response body: `predictions` as JSON."""
-    return orjson.dumps(predictions(logits, classes, k), option=orjson.OPT_SERIALIZE_NUMPY)
+def answer(logits: np.ndarray, classes: list[str], k: int, task: str = "classification") -> bytes:
+    """The response body: `predictions` as JSON (for regression models: `values`, one
+    per target, in the order of `classes`, i.e. target_0, target_1, ...)."""
+    if task == "regression":
+        body = {"predictions": [{"values": row.tolist()} for row in logits.astype(np.float64)]}
+    else:
+        body = predictions(logits, classes, k)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def decode_inputs(request: Request, model: LoadedModel, settings: Settings) -> np.ndarray:
