@@ -636,8 +636,8 @@ def distill_eval_fn(
 # ---------------------------------------------------------------------------- finetune
 class FinetuneObjective:
     """L_T on the target labels (cross-entropy, or the squared error to one-hot targets;
-    the squared error for regression targets), plus `kd_weight` times the soft-target term from a teacher that predicts the same
-    classes."""
+    the squared error for regression targets), plus `kd_weight` times the soft-target
+    term from a teacher that predicts the same classes."""
 
     def __init__(
         self, stage: FinetuneStage, teacher: torch.nn.Module | None, cache: torch.Tensor | None
