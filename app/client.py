@@ -15,6 +15,10 @@ import httpx
 log = logging.getLogger(__name__)
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELLED"}
+# Following events: failed connection tries in a row before giving up, and the pause
+# between them (a restarting server has about a minute to come back).
+RECONNECT_ATTEMPTS = 30
+RECONNECT_PAUSE_SECONDS = 2.0
 
 
 class ClientError(RuntimeError):
@@ -53,8 +57,13 @@ class Client:
         return self._check(self.http.get(f"/api/v1/jobs/{job_id}"))
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Follow the job's event stream, reconnecting with Last-Event-ID if it drops."""
+        """Follow the job's event stream, reconnecting with Last-Event-ID if it drops.
+
+        Gives up (re-raising the last error) after `RECONNECT_ATTEMPTS` failed tries in a
+        row, so that a server that is gone for good ends the command instead of hanging it.
+        """
         last_id: str | None = None
+        failures = 0
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
@@ -76,12 +85,22 @@ class Client:
                         elif line.startswith("data:"):
                             data += line[5:].strip()
                         elif line == "" and data:
+                            failures = 0
                             yield event_type, json.loads(data)
                             event_type, data = "message", ""
                 return
-            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError) as exc:
-                log.warning("event stream dropped (%s); reconnecting", exc)
-                time.sleep(1.0)
+            except httpx.TransportError as exc:
+                # TransportError covers dropped reads, refused connections and timeouts.
+                failures += 1
+                if failures >= RECONNECT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "event stream dropped (%s); reconnecting (%d/%d)",
+                    exc,
+                    failures,
+                    RECONNECT_ATTEMPTS,
+                )
+                time.sleep(RECONNECT_PAUSE_SECONDS)
 
     def predict(self, model_id: str, images: list[Path], k: int = 3) -> dict[str, Any]:
         files = [("files", (p.name, p.read_bytes(), _mime(p))) for p in images]

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     artifact_dir: Path = Path("./artifacts")
     # Larger uploads answer 413 (bytes).
     max_upload_bytes: int = 1024**3
+    # Larger JSON bodies on /api/v1/jobs (job specs) answer 413 (bytes).
+    max_spec_bytes: int = 1024**2
 
     # --- queue and worker ---
     # How often a running job's worker writes its heartbeat (seconds).

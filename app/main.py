@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.api.body_limit import JsonBodyLimitMiddleware
 from app.api.errors import install_error_handlers
 from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2
 from app.config import get_settings
@@ -67,6 +68,8 @@ def create_app() -> FastAPI:
     app.include_router(v2.router)
     app.include_router(health.router)
 
+    # The middleware added last is the outermost: timing covers the body limit's 413s.
+    app.add_middleware(JsonBodyLimitMiddleware)
     app.add_middleware(TimingMiddleware)
     return app
 

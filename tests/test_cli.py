@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect
 
 BIN = Path(sys.executable).parent / "stillhouse"
@@ -94,3 +95,26 @@ def test_keys_create_refuses_clearly(tmp_path, sqlite_url):
     done = stillhouse("keys", "create", "--owner", "", env={"STILLHOUSE_DATABASE_URL": sqlite_url})
     assert done.returncode == 2 and done.stdout == ""
     assert "--owner" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_following_events_gives_up_when_the_server_stays_gone(monkeypatch):
+    """A refused connection is retried, a bounded number of times, then raised."""
+    import httpx
+
+    from app import client as client_module
+
+    monkeypatch.setattr(client_module, "RECONNECT_ATTEMPTS", 3)
+    monkeypatch.setattr(client_module, "RECONNECT_PAUSE_SECONDS", 0.01)
+    # Port 9 (discard) has no listener here: every try is refused.
+    api = client_module.Client("http://127.0.0.1:9", "key")
+    tries = []
+    real_stream = api.http.stream
+
+    def counting_stream(*args, **kwargs):
+        tries.append(args)
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(api.http, "stream", counting_stream)
+    with pytest.raises(httpx.ConnectError):
+        list(api.events("job-1"))
+    assert len(tries) == 3

@@ -361,8 +361,12 @@ def create_checkpoint(
     return row
 
 
-def get_owned(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
-    return owned.get_owned(session, Checkpoint, owner=owner, id_=checkpoint_id, what="checkpoint")
+def get_owned(
+    session: Session, owner: str, checkpoint_id: str, *, lock: bool = False
+) -> Checkpoint:
+    return owned.get_owned(
+        session, Checkpoint, owner=owner, id_=checkpoint_id, what="checkpoint", lock=lock
+    )
 
 
 def list_checkpoints(
@@ -376,7 +380,7 @@ def list_checkpoints(
 def delete_checkpoint(
     session: Session, *, owner: str, checkpoint_id: str, artifact_dir: Path
 ) -> None:
-    row = get_owned(session, owner, checkpoint_id)
+    row = get_owned(session, owner, checkpoint_id, lock=True)
     users = unfinished_jobs_using(session, owner=owner, key="checkpoint_id", value=checkpoint_id)
     if users:
         session.rollback()

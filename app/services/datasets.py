@@ -703,8 +703,8 @@ def create_dataset(
     return row
 
 
-def get_owned(session: Session, owner: str, dataset_id: str) -> Dataset:
-    return owned.get_owned(session, Dataset, owner=owner, id_=dataset_id, what="dataset")
+def get_owned(session: Session, owner: str, dataset_id: str, *, lock: bool = False) -> Dataset:
+    return owned.get_owned(session, Dataset, owner=owner, id_=dataset_id, what="dataset", lock=lock)
 
 
 def list_datasets(
@@ -734,7 +734,7 @@ def _mentions(node: Any, key: str, value: str) -> bool:
 
 
 def delete_dataset(session: Session, *, owner: str, dataset_id: str, artifact_dir: Path) -> None:
-    row = get_owned(session, owner, dataset_id)
+    row = get_owned(session, owner, dataset_id, lock=True)
     users = unfinished_jobs_using(session, owner=owner, key="id", value=dataset_id)
     if users:
         session.rollback()

@@ -31,8 +31,10 @@ ARTIFACTS = {
 }
 
 
-def get_owned(session: Session, owner: str, model_id: str) -> TrainedModel:
-    return owned.get_owned(session, TrainedModel, owner=owner, id_=model_id, what="model")
+def get_owned(session: Session, owner: str, model_id: str, *, lock: bool = False) -> TrainedModel:
+    return owned.get_owned(
+        session, TrainedModel, owner=owner, id_=model_id, what="model", lock=lock
+    )
 
 
 def list_models(
@@ -135,7 +137,7 @@ def delete_model(session: Session, *, owner: str, model_id: str, artifact_dir: P
     409 while an unfinished job starts from it (`"source": "model"`), as for datasets and
     checkpoints: that job would fail when it reads the weights.
     """
-    row = get_owned(session, owner, model_id)
+    row = get_owned(session, owner, model_id, lock=True)
     users = unfinished_jobs_using(session, owner=owner, key="model_id", value=model_id)
     if users:
         session.rollback()

@@ -18,13 +18,21 @@ from app.services.paging import next_token, paginate
 Row = TypeVar("Row")
 
 
-def get_owned(session: Session, model: type[Row], *, owner: str, id_: str, what: str) -> Row:
-    """The owner's `model` row with id `id_`, or a 404 naming `what`."""
+def get_owned(
+    session: Session, model: type[Row], *, owner: str, id_: str, what: str, lock: bool = False
+) -> Row:
+    """The owner's `model` row with id `id_`, or a 404 naming `what`.
+
+    `lock` takes the row `FOR UPDATE` (Postgres; SQLite's write transactions are already
+    serial): a delete holds it while it looks for unfinished jobs that use the row, and a
+    submission naming the row waits for it (see `spec_check.SpecChecker.referenced`).
+    """
     if not storable(id_):
         raise not_found(what, repr(id_))
-    row = session.execute(
-        select(model).where(model.id == id_, model.owner == owner)  # type: ignore[attr-defined]
-    ).scalar_one_or_none()
+    query = select(model).where(model.id == id_, model.owner == owner)  # type: ignore[attr-defined]
+    if lock:
+        query = query.with_for_update()
+    row = session.execute(query).scalar_one_or_none()
     if row is None:
         raise not_found(what, id_)
     return row

@@ -10,7 +10,7 @@ Every problem is reported with the field it is in, all at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -48,6 +48,7 @@ from worker.nets import (
 )
 
 AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec
+Row = TypeVar("Row", Dataset, Checkpoint, TrainedModel)
 
 
 @dataclass
@@ -77,13 +78,27 @@ class SpecChecker:
     def error(self, where: str, message: str) -> None:
         self.errors.append({"field": where, "message": message})
 
+    def referenced(self, model: type[Row], id_: str | None) -> Row | None:
+        """The owner's row that the spec names, locked `FOR SHARE` until the job is stored.
+
+        On Postgres a DELETE of the same row (which takes it `FOR UPDATE`, then looks for
+        unfinished jobs that use it) then either waits for this submission and sees its
+        job (409), or wins, and this lookup finds no row (422). Without the lock both
+        could commit, leaving a queued job whose dataset or teacher is gone. SQLite
+        ignores the clause: its write transactions are serial already.
+        """
+        query = (
+            select(model)
+            .where(model.id == id_, model.owner == self.owner)  # type: ignore[attr-defined]
+            .with_for_update(read=True)
+        )
+        return self.session.execute(query).scalar_one_or_none()
+
     # ------------------------------------------------------------------ datasets
     def dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:
         uploaded = None
         if ref.id is not None:
-            row = self.session.execute(
-                select(Dataset).where(Dataset.id == ref.id, Dataset.owner == self.owner)
-            ).scalar_one_or_none()
+            row = self.referenced(Dataset, ref.id)
             if row is None:
                 self.error(f"{where}.id", f"no dataset with id {ref.id!r}")
                 return None
@@ -161,11 +176,7 @@ class SpecChecker:
     # -------------------------------------------------------------------- models
     def model(self, spec: ModelSpec, where: str) -> ResolvedModel:
         if spec.source == "checkpoint":
-            row = self.session.execute(
-                select(Checkpoint).where(
-                    Checkpoint.id == spec.checkpoint_id, Checkpoint.owner == self.owner
-                )
-            ).scalar_one_or_none()
+            row = self.referenced(Checkpoint, spec.checkpoint_id)
             if row is None:
                 self.error(f"{where}.checkpoint_id", f"no checkpoint {spec.checkpoint_id!r}")
                 return ResolvedModel(None, None, None)
@@ -173,11 +184,7 @@ class SpecChecker:
                 self.error(f"{where}.arch", f"the checkpoint is a {row.arch}")
             return ResolvedModel(row.arch, row.num_classes, (row.meta or {}).get("in_channels"))
         if spec.source == "model":
-            row = self.session.execute(
-                select(TrainedModel).where(
-                    TrainedModel.id == spec.model_id, TrainedModel.owner == self.owner
-                )
-            ).scalar_one_or_none()
+            row = self.referenced(TrainedModel, spec.model_id)
             if row is None:
                 self.error(f"{where}.model_id", f"no model {spec.model_id!r}")
                 return ResolvedModel(None, None, None)

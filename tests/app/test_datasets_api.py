@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import TypeAdapter
 from starlette.requests import Request
 
 from app.api.errors import ProblemError
 from app.config import get_settings
+from app.db import get_write_sessionmaker
+from app.schemas.job_spec import JobSpec
+from app.services import datasets as datasets_service
+from app.services import jobs as jobs_service
+from app.services.spec_check import check_spec
 from app.services.upload_io import receive_upload
 from worker.data import holdout_mask, load_uploaded
 
@@ -556,3 +563,100 @@ def test_a_job_can_use_an_upload_and_it_cannot_be_deleted_under_it(client, alice
     assert r.status_code == 409 and job in r.json()["detail"]
     assert client.post(f"/api/v1/jobs/{job}:cancel", headers=alice).status_code == 202
     assert client.delete(f"{URL}/{ds}", headers=alice).status_code == 204
+
+
+def _upload_three_classes(client, alice) -> str:
+    x = np.random.default_rng(4).integers(0, 256, (30, 3, 12, 12), dtype=np.uint8)
+    y = np.arange(30) % 3
+    r = upload(client, alice, npz_bytes(x=x, y=y))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def _in_thread(work) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run `work` in a thread; its result or ProblemError lands in the dict."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = work()
+        except ProblemError as exc:
+            out["problem"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _spec_using(ds: str) -> Any:
+    return TypeAdapter(JobSpec).validate_python(
+        {
+            "kind": "train",
+            "model": {"arch": "small_cnn", "width": 0.25},
+            "train": {"dataset": {"id": ds}, "epochs": 1},
+        }
+    )
+
+
+def test_a_delete_racing_a_submission_waits_and_refuses(client, alice, settings):
+    """The submission has checked the dataset, not yet stored its job: the delete waits
+    for it (a row lock on Postgres, the write lock on SQLite), then sees the job: 409."""
+    ds = _upload_three_classes(client, alice)
+    spec = _spec_using(ds)
+    with get_write_sessionmaker()() as submitting:
+        assert check_spec(submitting, "alice", spec)[1] == []
+        thread, out = _in_thread(lambda: _delete(settings, ds))
+        thread.join(0.5)
+        assert thread.is_alive(), f"the delete did not wait: {out}"
+        job, created = jobs_service.create_job(
+            submitting,
+            owner="alice",
+            spec=spec,
+            raw_body={},
+            idempotency_key=None,
+            default_max_attempts=3,
+        )
+    thread.join(30)
+    assert created and out["problem"].status == 409 and job.id in out["problem"].detail
+    assert client.get(f"{URL}/{ds}", headers=alice).status_code == 200
+
+
+def test_a_submission_racing_a_delete_waits_and_is_refused(client, alice, settings):
+    """The delete holds the dataset: the submission waits for it, then finds no dataset
+    (422 naming the id) instead of queueing a job whose data is gone."""
+    ds = _upload_three_classes(client, alice)
+    spec = _spec_using(ds)
+    with get_write_sessionmaker()() as deleting:
+        datasets_service.get_owned(deleting, "alice", ds, lock=True)
+        thread, out = _in_thread(lambda: _submit(spec))
+        thread.join(0.5)
+        assert thread.is_alive(), f"the submission did not wait: {out}"
+        datasets_service.delete_dataset(
+            deleting, owner="alice", dataset_id=ds, artifact_dir=Path(settings.artifact_dir)
+        )
+    thread.join(30)
+    problem = out["problem"]
+    assert problem.status == 422
+    assert problem.errors == [
+        {"field": "train.dataset.id", "message": f"no dataset with id {ds!r}"}
+    ]
+    assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []
+
+
+def _delete(settings, ds: str) -> None:
+    with get_write_sessionmaker()() as session:
+        datasets_service.delete_dataset(
+            session, owner="alice", dataset_id=ds, artifact_dir=Path(settings.artifact_dir)
+        )
+
+
+def _submit(spec: Any) -> Any:
+    with get_write_sessionmaker()() as session:
+        return jobs_service.create_job(
+            session,
+            owner="alice",
+            spec=spec,
+            raw_body={},
+            idempotency_key=None,
+            default_max_attempts=3,
+        )

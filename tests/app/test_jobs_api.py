@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from app.config import get_settings
 from app.db import get_write_engine
 from app.models import Job, JobState
 from app.models.base import utcnow
@@ -308,6 +309,35 @@ def test_a_body_that_is_not_a_spec_is_refused(client, alice, body, field):
         "/api/v1/jobs", content=body, headers={**alice, "Content-Type": "application/json"}
     )
     assert_problem(r, 422, field)
+
+
+def test_an_oversized_spec_body_is_413_and_nothing_is_stored(client, alice, tiny_spec, monkeypatch):
+    monkeypatch.setenv("STILLHOUSE_MAX_SPEC_BYTES", "2048")
+    get_settings.cache_clear()
+    padded = {**tiny_spec, "name": "x" * 4000}
+    # Refused on its Content-Length, before the body is read.
+    r = client.post("/api/v1/jobs", json=padded, headers=alice)
+    body = assert_problem(r, 413, "body")
+    assert "2048" in body["detail"]
+    # Without a Content-Length (chunked), refused as the bytes pass the bound.
+    raw = json.dumps(padded).encode()
+    chunks = iter([raw[:1000], raw[1000:3000], raw[3000:]])
+    r = client.post(
+        "/api/v1/jobs", content=chunks, headers={**alice, "content-type": "application/json"}
+    )
+    assert_problem(r, 413, "body")
+    assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []
+    # A spec within the bound, chunked or not, is read whole and accepted.
+    raw = json.dumps(tiny_spec).encode()
+    assert len(raw) < 2048
+    r = client.post(
+        "/api/v1/jobs",
+        content=iter([raw[:100], raw[100:]]),
+        headers={**alice, "content-type": "application/json"},
+    )
+    assert r.status_code == 201, r.text
+    r = client.post("/api/v1/jobs", content=raw, headers={**alice, "content-length": "ten"})
+    assert_problem(r, 400, "header.Content-Length")
 
 
 # ------------------------------------------------------------------------------ auth

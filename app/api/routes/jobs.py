@@ -43,7 +43,11 @@ MAX_EVENT_ID = 2**63 - 1
     "",
     status_code=201,
     response_model=JobOut,
-    responses={**ERRORS, 200: {"description": "Replay of an Idempotency-Key", "model": JobOut}},
+    responses={
+        **ERRORS,
+        200: {"description": "Replay of an Idempotency-Key", "model": JobOut},
+        413: {"description": "Body larger than STILLHOUSE_MAX_SPEC_BYTES", **PROBLEM},
+    },
     summary="Submit a job",
 )
 async def create_job(
