@@ -53,6 +53,7 @@ def main() -> None:
     keys = (
         "train_overhead",
         "distill_speedup",
+        "distill_speedup_of_means",
         "distill_ours_accuracy",
         "distill_plain_accuracy",
         "distill_heavy_teacher_speedup",
