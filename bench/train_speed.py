@@ -246,7 +246,11 @@ def distill_speedup(
     train = load_dataset(DatasetRef(name="digits"), data_root=h.root, seed=0)
     test = load_dataset(DatasetRef(name="digits", split="test"), data_root=h.root, seed=0)
     mean, std = train.channel_stats()
-    config = NetworkConfig("small_cnn", 10, 1, 8, width=0.5, scale=1.0, mean=mean, std=std)
+    # The same student on both sides: our job's spec and the plain loop's network.
+    student = {"arch": "small_cnn", "width": 0.5}
+    config = NetworkConfig(
+        student["arch"], 10, 1, 8, width=student["width"], scale=1.0, mean=mean, std=std
+    )
     batch_size, lr, temperature = 64, 3e-3, 4.0
     ours_s: list[float] = []
     plain_s: list[float] = []
@@ -258,7 +262,7 @@ def distill_speedup(
                 "name": "speed-distill",
                 "seed": seed,
                 "teacher": {"source": "model", "model_id": teacher_job["model_id"]},
-                "student": {"arch": "small_cnn", "width": 0.5},
+                "student": student,
                 "distill": {
                     "dataset": {**digits, "labels": False},
                     "epochs": epochs,

@@ -6,7 +6,7 @@ filters on the owner, so it cannot tell them apart either.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -18,21 +18,37 @@ from app.services.paging import next_token, paginate
 Row = TypeVar("Row")
 
 
+def find_owned(
+    session: Session,
+    model: type[Row],
+    *,
+    owner: str,
+    id_: str | None,
+    lock: Literal["update", "share"] | None = None,
+) -> Row | None:
+    """The owner's `model` row with id `id_`, or None.
+
+    `lock` (Postgres; SQLite ignores it, its write transactions being serial already):
+    "update" for a delete, which holds the row while it looks for unfinished jobs that use
+    it; "share" for a submission naming the row, held until its job is stored. Either
+    waits for the other, so no queued job is left pointing at a deleted row.
+    """
+    if id_ is None or not storable(id_):
+        return None
+    query = select(model).where(model.id == id_, model.owner == owner)  # type: ignore[attr-defined]
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
+    return session.execute(query).scalar_one_or_none()
+
+
 def get_owned(
     session: Session, model: type[Row], *, owner: str, id_: str, what: str, lock: bool = False
 ) -> Row:
-    """The owner's `model` row with id `id_`, or a 404 naming `what`.
-
-    `lock` takes the row `FOR UPDATE` (Postgres; SQLite's write transactions are already
-    serial): a delete holds it while it looks for unfinished jobs that use the row, and a
-    submission naming the row waits for it (see `spec_check.SpecChecker.referenced`).
-    """
+    """The owner's `model` row with id `id_`, or a 404 naming `what`; `lock` takes it
+    `FOR UPDATE` (see `find_owned`)."""
     if not storable(id_):
         raise not_found(what, repr(id_))
-    query = select(model).where(model.id == id_, model.owner == owner)  # type: ignore[attr-defined]
-    if lock:
-        query = query.with_for_update()
-    row = session.execute(query).scalar_one_or_none()
+    row = find_owned(session, model, owner=owner, id_=id_, lock="update" if lock else None)
     if row is None:
         raise not_found(what, id_)
     return row

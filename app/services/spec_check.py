@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -30,6 +29,7 @@ from app.schemas.job_spec import (
     TrainJobSpec,
     default_evaluate,
 )
+from app.services import owned
 from app.services.datasets import EXPANSION_FACTOR
 from worker.data import (
     DatasetInfo,
@@ -67,6 +67,9 @@ class ResolvedModel:
     arch: str | None
     num_classes: int | None  # fixed by the source (a checkpoint or a model); None if free
     in_channels: int | None
+    # What the model predicts once built: a `model` source's stored task, a `train`
+    # source's data's; classification otherwise.
+    task: str = "classification"
 
 
 @dataclass
@@ -81,18 +84,10 @@ class SpecChecker:
     def referenced(self, model: type[Row], id_: str | None) -> Row | None:
         """The owner's row that the spec names, locked `FOR SHARE` until the job is stored.
 
-        On Postgres a DELETE of the same row (which takes it `FOR UPDATE`, then looks for
-        unfinished jobs that use it) then either waits for this submission and sees its
-        job (409), or wins, and this lookup finds no row (422). Without the lock both
-        could commit, leaving a queued job whose dataset or teacher is gone. SQLite
-        ignores the clause: its write transactions are serial already.
+        On Postgres a DELETE of the same row then either waits for this submission and
+        sees its job (409), or wins, and this lookup finds no row (422).
         """
-        query = (
-            select(model)
-            .where(model.id == id_, model.owner == self.owner)  # type: ignore[attr-defined]
-            .with_for_update(read=True)
-        )
-        return self.session.execute(query).scalar_one_or_none()
+        return owned.find_owned(self.session, model, owner=self.owner, id_=id_, lock="share")
 
     # ------------------------------------------------------------------ datasets
     def dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:
@@ -191,7 +186,12 @@ class SpecChecker:
             if spec.arch is not None and spec.arch != row.arch:
                 self.error(f"{where}.arch", f"the model is a {row.arch}")
             network = row.meta.get("network", {})
-            return ResolvedModel(row.arch, row.meta.get("num_classes"), network.get("in_channels"))
+            return ResolvedModel(
+                row.arch,
+                row.meta.get("num_classes"),
+                network.get("in_channels"),
+                row.meta.get("task", "classification"),
+            )
         assert spec.arch is not None
         try:
             arch_info(spec.arch)
@@ -208,10 +208,12 @@ class SpecChecker:
                 )
         if spec.width != 1.0 and arch_info(spec.arch).family != "small_cnn":
             self.error(f"{where}.width", f"width applies to small_cnn, not {spec.arch}")
+        task = "classification"
         if spec.source == "train":
             assert spec.train is not None
-            self.stage_data(spec.train.dataset, f"{where}.train.dataset", labelled=True)
-        return ResolvedModel(spec.arch, None, None)
+            data = self.stage_data(spec.train.dataset, f"{where}.train.dataset", labelled=True)
+            task = data.task if data is not None else task
+        return ResolvedModel(spec.arch, None, None, task)
 
     def stage_data(self, ref: DatasetRef, where: str, *, labelled: bool) -> ResolvedData | None:
         return self.labelled_dataset(ref, where) if labelled else self.dataset(ref, where)
@@ -292,22 +294,9 @@ class SpecChecker:
         if stage.kd_weight > 0:
             self.error(f"{where}.kd_weight", "soft targets need classes; the target is regression")
 
-    def regression_teacher(self, spec: ModelSpec, stage: DistillStage, where: str) -> None:
+    def regression_teacher(self, teacher: ResolvedModel, stage: DistillStage) -> None:
         """A teacher trained on regression targets is distilled by the squared error only."""
-        task = "classification"
-        if spec.source == "train" and spec.train is not None:
-            before = len(self.errors)
-            data = self.dataset(spec.train.dataset, f"{where}.train.dataset")
-            del self.errors[before:]  # reported once, by the teacher's own check
-            task = data.task if data is not None else task
-        elif spec.source == "model" and spec.model_id is not None:
-            row = self.session.execute(
-                select(TrainedModel).where(
-                    TrainedModel.id == spec.model_id, TrainedModel.owner == self.owner
-                )
-            ).scalar_one_or_none()
-            task = (row.meta or {}).get("task", task) if row is not None else task
-        if task == "regression" and stage.loss.type != "mse":
+        if teacher.task == "regression" and stage.loss.type != "mse":
             self.error("distill.loss.type", "the teacher predicts regression targets: use mse")
 
     # ------------------------------------------------------------------ job kinds
@@ -329,7 +318,7 @@ class SpecChecker:
             k = self.teacher_classes(spec.teacher, teacher, "teacher")
             self.dataset(spec.distill.dataset, "distill.dataset")
             self.hint_layers(spec.distill, teacher, spec.student.arch, "distill")
-            self.regression_teacher(spec.teacher, spec.distill, "teacher")
+            self.regression_teacher(teacher, spec.distill)
             # A distilled student predicts the teacher's classes (ImageNet's, say); on an
             # evaluation set with other classes the report gives agreement, not accuracy.
             evaluate = self.evaluation(spec, spec.distill.dataset, k, must_match=False)
@@ -370,7 +359,7 @@ class SpecChecker:
         self.dataset(spec.distill.dataset, "distill.dataset")
         target = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
         self.finetune_target(spec.finetune, target, "finetune")
-        self.regression_teacher(spec.teacher, spec.distill, "teacher")
+        self.regression_teacher(teacher, spec.distill)
         if (
             spec.strategy == "finetune_then_distill"
             and target is not None
