@@ -1,7 +1,9 @@
 """`stillhouse`: the server, the worker, migrations, keys, and an HTTP client.
 
-Server-side commands import their modules lazily, so that `stillhouse worker` never
-imports the API's routes and the client commands start fast.
+Server-side commands import their modules lazily, so that the client commands start
+fast. The worker is its own program (`python -m worker`): `stillhouse worker` replaces
+itself with it, and `stillhouse serve` starts it beside the API, so that nothing under
+`app/` imports the worker.
 """
 
 from __future__ import annotations
@@ -45,11 +47,18 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from worker.main import main as worker_main
+def worker_command(device: str | None) -> list[str]:
+    """The worker program's command line, run with this interpreter."""
+    command = [sys.executable, "-m", "worker"]
+    return command + (["--device", device] if device else [])
 
-    worker_main(device=args.device)
-    return 0
+
+def _worker(args: argparse.Namespace) -> int:
+    # exec: the worker keeps this process's id, so signals sent to it reach the worker.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, worker_command(args.device))
+    return 0  # not reached
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -61,10 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     # handler. With the default one that kills this process on the spot, `finally` below
     # never runs and the worker outlives the API; this handler unwinds through it instead.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--device", args.device],
-        env=os.environ.copy(),
-    )
+    worker = subprocess.Popen(worker_command(args.device), env=os.environ.copy())
     log.info("embedded worker started (pid %d)", worker.pid)
     try:
         _run_api(args.host, args.port)

@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A dataset may take this many times STILLHOUSE_MAX_UPLOAD_BYTES once decoded.
+DATASET_EXPANSION = 4
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STILLHOUSE_", env_file=".env", extra="ignore")
@@ -73,6 +76,13 @@ class Settings(BaseSettings):
     api_key: str | None = None
 
     log_level: str = "INFO"
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        """Bytes a dataset may take decoded, in memory: the guard against zip bombs and
+        compressed arrays that expand without bound, and against specs (10M synthetic
+        images at 224 pixels) that would take a worker down."""
+        return DATASET_EXPANSION * self.max_upload_bytes
 
     @property
     def is_sqlite(self) -> bool:

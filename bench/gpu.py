@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from app.core.losses import soft_target_kl
+from app.core.network import NetworkConfig, build_network
 from app.schemas.job_spec import DatasetRef
 from bench.harness import Harness, machine
 from bench.train_speed import stage_seconds
 from worker.data import load_dataset
-from worker.losses import soft_target_kl
-from worker.nets import NetworkConfig, build_network
 
 log = logging.getLogger("bench.gpu")
 

@@ -116,7 +116,7 @@ def raw_call(folder: Path, backend: str, threads: int) -> Callable[[np.ndarray],
     import torch
     from safetensors.torch import load_file
 
-    from worker.nets import NetworkConfig, build_network
+    from app.core.network import NetworkConfig, build_network
 
     torch.set_num_threads(threads)
     meta = json.loads((folder / "model.json").read_text())

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from app.core.losses import soft_target_kl
+from app.core.network import NetworkConfig, build_network
 from app.schemas.job_spec import DatasetRef
 from bench.harness import Harness, machine
 from worker.data import load_dataset
-from worker.losses import soft_target_kl
-from worker.nets import NetworkConfig, build_network
 
 log = logging.getLogger("bench.train_speed")
 

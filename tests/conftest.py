@@ -24,7 +24,7 @@ from app.migrate import upgrade_head
 PG_ADMIN_URL = os.environ.get(
     "STILLHOUSE_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("job_events", "jobs", "models", "datasets", "checkpoints", "api_keys")
+TABLES = ("job_events", "job_inputs", "jobs", "models", "datasets", "checkpoints", "api_keys")
 
 
 def _postgres_database() -> Iterator[str]:

@@ -1,14 +1,13 @@
 """Per-job checkpoints: a fit's state every epoch, and each finished stage's weights.
 
-Files are written to a temporary name and renamed, so a worker killed mid-write leaves
-the previous checkpoint intact. They are our own files, and still loaded with
+Files are written to a temporary name and renamed (app.core.files), so a worker killed
+mid-write leaves the previous checkpoint intact. They are our own files, and still loaded with
 `weights_only=True`: nothing in them is unpickled as code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-
-def atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+from app.core.files import atomic_write
 
 
 class CheckpointStore:

@@ -34,17 +34,22 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from worker.checkpoints import atomic_write
-from worker.nets import Network, NetworkConfig, count_params
-from worker.queue import json_safe
+from app.core.archs import count_params
+from app.core.files import atomic_write
+from app.core.model_format import (
+    INPUT_NAME,
+    META_FILE,
+    MODEL_FORMAT,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    WEIGHTS_FILE,
+    onnx_session,
+)
+from app.core.network import Network, NetworkConfig
+from app.core.safe_json import json_safe
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "stillhouse.model/v1"
-# Name of the input tensor, in model.json, the ONNX graph and the V2 metadata.
-INPUT_NAME = "input"
-# Name of the ONNX graph's output (and of the V2 output tensor).
-OUTPUT_NAME = "logits"
 ONNX_OPSET = 17
 # ONNX Runtime must agree with PyTorch within atol + rtol * max|logit| on random inputs.
 ONNX_ATOL = 1e-4
@@ -122,7 +127,7 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     net = _cpu_eval(net)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     meta = model_meta(
         model_id=model_id,
         net=net,
@@ -133,16 +138,16 @@ def export_model(
         name=name,
         task=task,
     )
-    size = (folder / "model.safetensors").stat().st_size
+    size = (folder / WEIGHTS_FILE).stat().st_size
     meta["size_bytes"] = size
-    files = ["model.safetensors", "model.json"]
+    files = [WEIGHTS_FILE, META_FILE]
     input_shape = meta["input"]["shape"]
     onnx_bytes: bytes | None = None
     if onnx:
         onnx_bytes, meta["onnx"] = export_onnx(net, input_shape, scale=config.scale)
         if onnx_bytes is not None:
-            atomic_write(folder / "model.onnx", lambda p: p.write_bytes(onnx_bytes))
-            files.append("model.onnx")
+            atomic_write(folder / ONNX_FILE, lambda p: p.write_bytes(onnx_bytes))
+            files.append(ONNX_FILE)
     else:
         meta["onnx"] = {"error": "ONNX export was not requested"}
     if time_backends:
@@ -155,7 +160,7 @@ def export_model(
     # Strict JSON: a NaN metric (a diverged loss) becomes null, as in the database.
     meta = json_safe(meta)
     atomic_write(
-        folder / "model.json",
+        folder / META_FILE,
         lambda p: p.write_text(json.dumps(meta, indent=2, allow_nan=False)),
     )
     return ExportedModel(model_id, folder, meta, meta["params"], size)
@@ -235,16 +240,6 @@ def onnx_bytes_of(net: Network, input_shape: list[int], *, scale: float) -> byte
 
 class OnnxMismatchError(RuntimeError):
     """ONNX Runtime's answers differ from PyTorch's beyond the tolerance."""
-
-
-def onnx_session(data: bytes | str, *, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 @torch.inference_mode()

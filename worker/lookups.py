@@ -1,4 +1,8 @@
-"""Database reads a job needs: its owner's uploads, checkpoints and earlier models."""
+"""Database reads a job needs: its owner's uploads, checkpoints and earlier models.
+
+Each read returns a typed record; a row that is gone (deleted after the job was
+submitted, which the API refuses while the job is unfinished) is a MissingResourceError.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,37 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from app.core.model_format import WEIGHTS_FILE
 from app.models import Checkpoint, Dataset, TrainedModel
 
 
 class MissingResourceError(LookupError):
     """A referenced upload or model is gone (deleted after the job was submitted)."""
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """An uploaded checkpoint: its weights file and what the upload recorded about it."""
+
+    id: str
+    path: Path
+    arch: str
+    num_classes: int
+    # in_channels, width, input_size, mean, std, class_names (see services/checkpoints.py).
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """An earlier job's model: its folder and its model.json."""
+
+    id: str
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / WEIGHTS_FILE
 
 
 @dataclass
@@ -34,10 +64,12 @@ class Lookups:
         row = self._one(Dataset, dataset_id, "dataset")
         return self.artifact_dir / row.path
 
-    def checkpoint(self, checkpoint_id: str) -> tuple[Path, str, int, dict[str, Any]]:
+    def checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
         row = self._one(Checkpoint, checkpoint_id, "checkpoint")
-        return self.artifact_dir / row.path, row.arch, row.num_classes, dict(row.meta or {})
+        return CheckpointRecord(
+            row.id, self.artifact_dir / row.path, row.arch, row.num_classes, dict(row.meta or {})
+        )
 
-    def model(self, model_id: str) -> tuple[Path, dict[str, Any]]:
+    def model(self, model_id: str) -> ModelRecord:
         row = self._one(TrainedModel, model_id, "model")
-        return self.artifact_dir / row.artifact_path, dict(row.meta)
+        return ModelRecord(row.id, self.artifact_dir / row.artifact_path, dict(row.meta))

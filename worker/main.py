@@ -15,25 +15,28 @@ import threading
 import time
 import traceback
 import uuid
-from datetime import datetime
 from types import FrameType
+from typing import Any
 
 import torch
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
 from app.config import Settings, get_settings
+from app.core import job_states
+from app.core.datasets import DatasetUnavailableError
+from app.core.devices import training_device
+from app.core.files import remove_tree
+from app.core.registry import UnknownNameError
 from app.db import get_write_engine
-from app.models import JobState, TrainedModel
-from app.models.base import utcnow
+from app.logging_setup import configure_logging
+from app.models import JobState
 from app.schemas.job_spec import parse_spec
-from worker import queue
 from worker.checkpoints import CheckpointStore
+from worker.context import JobContext, JobFailedError, JobOutcome
 from worker.control import JobCancelled, JobControl, LeaseLost, WorkerShutdown
-from worker.data import DatasetUnavailableError
+from worker.events import Reporter
+from worker.job_kinds import run_job_kind
 from worker.lookups import Lookups, MissingResourceError
-from worker.nets import UnknownNameError
-from worker.pipeline import JobContext, JobFailedError, JobOutcome, run_job_kind
-from worker.reporting import Reporter
 from worker.train import TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -46,14 +49,6 @@ def model_id_for(job_id: str) -> str:
     """A job's model id, the same on every attempt: an attempt killed mid-export leaves a
     folder that the next attempt overwrites, not an orphan."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"stillhouse:job:{job_id}:model"))
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("STILLHOUSE_DEVICE=cuda but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class Heartbeat(threading.Thread):
@@ -72,7 +67,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.settings.cancel_poll_seconds):
             write = time.monotonic() - last_write >= self.settings.heartbeat_seconds
             try:
-                status = queue.heartbeat(self.engine, self.job_id, self.worker_id, write=write)
+                status = job_states.heartbeat(self.engine, self.job_id, self.worker_id, write=write)
             except Exception:
                 # A database hiccup: try again next tick; the stale window is much longer.
                 log.exception("heartbeat for job %s failed", self.job_id)
@@ -90,7 +85,7 @@ class Worker:
     def __init__(self, settings: Settings, *, device: str | None = None) -> None:
         self.settings = settings
         self.engine = get_write_engine()
-        self.device = pick_device(device or settings.device)
+        self.device = training_device(device or settings.device)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self.current: JobControl | None = None
@@ -124,7 +119,7 @@ class Worker:
         while not self.stopping.is_set():
             self.maybe_sweep()
             try:
-                job = queue.claim_next(self.engine, self.worker_id)
+                job = job_states.claim_next(self.engine, self.worker_id)
             except Exception:
                 # The database is away (restart, failover): wait and retry rather than exit.
                 log.exception("claiming a job failed; retrying in %.0fs", CLAIM_RETRY_SECONDS)
@@ -152,11 +147,11 @@ class Worker:
             return
         self._last_sweep = now
         try:
-            queue.requeue_stale(self.engine, self.settings.stale_after_seconds)
+            job_states.requeue_stale(self.engine, self.settings.stale_after_seconds)
         except Exception:
             log.exception("stale sweep failed")
 
-    def run_job(self, job: queue.ClaimedJob) -> None:
+    def run_job(self, job: job_states.ClaimedJob) -> None:
         control = JobControl()
         # Published before the check: a signal arriving in between still reaches the job.
         self.current = control
@@ -187,9 +182,9 @@ class Worker:
             outcome = run_job_kind(ctx, parse_spec(job.spec), model_id=model_id_for(job.id))
             self._succeed(job, outcome, control)
         except JobCancelled:
-            queue.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
+            job_states.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
         except WorkerShutdown:
-            queue.release(self.engine, job.id, self.worker_id)
+            job_states.release(self.engine, job.id, self.worker_id)
         except LeaseLost:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
         except JobFailedError as exc:
@@ -207,97 +202,63 @@ class Worker:
             heartbeat.join(timeout=5)
             self.current = None
 
-    def _fail(self, job: queue.ClaimedJob, code: str, message: str) -> None:
-        queue.finish(
-            self.engine,
-            job.id,
-            self.worker_id,
-            state=JobState.FAILED,
-            error={"code": code, "message": message},
-        )
+    def _fail(self, job: job_states.ClaimedJob, code: str, message: str) -> None:
+        job_states.fail(self.engine, job.id, self.worker_id, code=code, message=message)
 
-    def _succeed(self, job: queue.ClaimedJob, outcome: JobOutcome, control: JobControl) -> None:
-        now = utcnow()
+    def _succeed(
+        self, job: job_states.ClaimedJob, outcome: JobOutcome, control: JobControl
+    ) -> None:
+        """Register the model and mark the job SUCCEEDED in one transaction; a job that
+        is no longer ours (being cancelled, or swept) leaves no model behind."""
         values = {
             "metrics": outcome.metrics,
             "report": outcome.report,
             "progress": {"stage": "done", "fraction": 1.0, "eta_seconds": 0.0},
         }
         model = outcome.model
-        ok = True
+        row: dict[str, Any] | None = None
+        if model is not None:
+            row = {
+                "id": model.model_id,
+                "owner": job.owner,
+                "name": job.spec.get("name"),
+                "job_id": job.id,
+                "arch": model.meta["arch"],
+                "meta": model.meta,
+                "params": model.params,
+                "size_bytes": model.size_bytes,
+                "artifact_path": str(model.folder.relative_to(self.settings.artifact_dir)),
+            }
         try:
-            self._commit_success(job, outcome, values, now)
-        except _NotOwnedError:
-            ok = False
+            ok = job_states.succeed(self.engine, job.id, self.worker_id, values=values, model=row)
         except Exception:
             # Nothing was recorded, so no row will ever point at the model's folder.
             if model is not None:
-                _remove_tree(model.folder)
+                remove_tree(model.folder)
             raise
-        if not ok:
-            if model is not None:
-                _remove_tree(model.folder)
-            if not control.lease_lost.is_set():
-                queue.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
+        if ok:
             return
-        log.info("job %s succeeded", job.id)
-
-    def _commit_success(
-        self, job: queue.ClaimedJob, outcome: JobOutcome, values: dict, now: datetime
-    ) -> None:
-        """Register the model and mark the job SUCCEEDED in one transaction."""
-        model = outcome.model
-        with self.engine.begin() as conn:
-            if model is not None:
-                values["model_id"] = model.model_id
-                conn.execute(
-                    insert(TrainedModel).values(
-                        id=model.model_id,
-                        owner=job.owner,
-                        name=job.spec.get("name"),
-                        job_id=job.id,
-                        arch=model.meta["arch"],
-                        meta=queue.json_safe(model.meta),
-                        params=model.params,
-                        size_bytes=model.size_bytes,
-                        artifact_path=str(model.folder.relative_to(self.settings.artifact_dir)),
-                        created_at=now,
-                    )
-                )
-            # Only a job still RUNNING succeeds: one the user is cancelling is cancelled.
-            ok = queue.update_owned(
-                conn,
-                job.id,
-                self.worker_id,
-                {**values, "state": JobState.SUCCEEDED, "finished_at": now, "heartbeat_at": None},
-                states=(JobState.RUNNING,),
-            )
-            if not ok:
-                raise _NotOwnedError  # rolls back the model row too
-            queue.add_event(
-                conn,
-                job.id,
-                "state",
-                {
-                    "state": JobState.SUCCEEDED,
-                    "model_id": values.get("model_id"),
-                    "metrics": outcome.metrics,
-                },
-            )
-
-
-class _NotOwnedError(Exception):
-    """The job is no longer ours to succeed (cancelled, or swept to another worker)."""
-
-
-def _remove_tree(path: os.PathLike[str] | str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+        if model is not None:
+            remove_tree(model.folder)
+        if not control.lease_lost.is_set():
+            job_states.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
 
 
 def main(device: str | None = None) -> None:
+    """`stillhouse worker` (which starts `python -m worker`)."""
     settings = get_settings()
     worker = Worker(settings, device=device)
     worker.install_signal_handlers()
     worker.run()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m worker [--device auto|cpu|cuda]`: one worker, until SIGTERM."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    args = parser.parse_args(argv)
+    configure_logging(get_settings().log_level)
+    main(device=args.device)
+    return 0

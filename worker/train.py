@@ -2,9 +2,9 @@
 
 `fit` reads top to bottom: build the optimiser and schedule, resume from the stage's
 checkpoint if there is one, then epochs of shuffled index batches over in-memory tensors.
-What a stage optimises is its `Objective`: a function of (model, inputs, labels, indices)
-that returns the loss and the logits. Every hyperparameter comes from the validated
-`StageSpec`; their units are documented there.
+What a stage optimises is its `Objective` (worker/objectives.py): a function of (model,
+inputs, labels, indices) that returns the loss and the logits. Every hyperparameter comes
+from the validated `StageSpec`; their units are documented there.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.core.datasets import InMemoryData
 from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
-from worker.data import InMemoryData, epoch_batches, steps_per_epoch
+from worker.data import epoch_batches, steps_per_epoch
+from worker.inference import outputs
+from worker.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +39,25 @@ class TrainingDivergedError(RuntimeError):
     """The loss went to NaN or infinity: the stage cannot produce a usable network."""
 
 
-class Objective(Protocol):
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+@dataclass
+class Progress:
+    """Where a fit is: its stage, epoch and step, and the epoch's running loss."""
+
+    stage: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    # The epoch's running mean loss; reading it syncs with the device, so call it rarely.
+    loss: Callable[[], float]
+    eta_seconds: float | None
 
 
 class ProgressSink(Protocol):
-    """Where a fit reports to (worker.reporting.Reporter, or a no-op in benchmarks)."""
+    """Where a fit reports to (worker.events.Reporter, or a no-op in benchmarks)."""
 
-    def progress(
-        self,
-        *,
-        stage: str,
-        epoch: int,
-        epochs: int,
-        step: int,
-        steps: int,
-        loss: Callable[[], float],
-        eta_seconds: float | None,
-    ) -> None:
-        """Called every step; `loss()` (the epoch's running mean) syncs, so call it rarely."""
+    def progress(self, progress: Progress) -> None:
+        """Called every step."""
 
     def metric(self, *, stage: str, epoch: int, values: dict[str, float]) -> None: ...
 
@@ -66,26 +67,6 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The founding document's L_T = E ||g(x) - y||^2: summed over targets, mean over x."""
-    return (outputs.float() - targets.float()).pow(2).sum(dim=1).mean()
-
-
-def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
-    """Supervised training: cross-entropy on class labels, the squared error on float
-    regression targets (decided by the labels' dtype)."""
-
-    def objective(model, x, y, idx):
-        if y is None:
-            raise ValueError("this stage needs labels, and its dataset has none")
-        logits = model(x)
-        if y.is_floating_point():
-            return squared_error(logits, y), logits
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-
-    return objective
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -120,7 +101,6 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module, data: InMemoryData, *, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float]:
@@ -129,24 +109,22 @@ def evaluate(
     if data.y is None:
         raise ValueError("evaluation needs a labelled dataset")
     regression = data.y.is_floating_point()
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, abs_sum = 0, 0.0, 0.0
-    for start in range(0, len(data), batch_size):
-        x = data.x[start : start + batch_size].to(device, non_blocking=True).float()
-        y = data.y[start : start + batch_size].to(device, non_blocking=True)
-        logits = model(x).float()
-        if regression:
-            loss_sum += (logits - y).pow(2).sum().item()
-            abs_sum += (logits - y).abs().mean(dim=1).sum().item()
-        else:
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
-    n = max(1, len(data))
+    if len(data) == 0:
+        return {"mse": 0.0, "mae": 0.0} if regression else {"accuracy": 0.0, "loss": 0.0}
+    # float64 sums: the means must not drift with the size of the set.
+    logits = outputs(model, data, device=device, batch_size=batch_size).logits.double()
+    y = data.y.to(logits.device)
+    n = len(data)
     if regression:
-        return {"mse": loss_sum / n, "mae": abs_sum / n}
-    return {"accuracy": correct / n, "loss": loss_sum / n}
+        diff = logits - y.double()
+        return {
+            "mse": diff.pow(2).sum().item() / n,
+            "mae": diff.abs().mean(dim=1).sum().item() / n,
+        }
+    return {
+        "accuracy": int((logits.argmax(1) == y).sum()) / n,
+        "loss": F.cross_entropy(logits, y, reduction="sum").item() / n,
+    }
 
 
 def fit(
@@ -242,13 +220,15 @@ def fit(
             remaining = (stage.epochs - epoch) * n_steps - step - 1
             eta = remaining * step_seconds + (stage.epochs - epoch) * eval_seconds
             sink.progress(
-                stage=stage_name,
-                epoch=epoch + 1,
-                epochs=stage.epochs,
-                step=epoch * n_steps + step + 1,
-                steps=stage.epochs * n_steps,
-                loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
-                eta_seconds=eta,
+                Progress(
+                    stage=stage_name,
+                    epoch=epoch + 1,
+                    epochs=stage.epochs,
+                    step=epoch * n_steps + step + 1,
+                    steps=stage.epochs * n_steps,
+                    loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
+                    eta_seconds=eta,
+                )
             )
         values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
         if not math.isfinite(values["train_loss"]):
@@ -308,7 +288,7 @@ def resident_data(
 class NullSink:
     """A sink that records nothing (benchmarks, tests)."""
 
-    def progress(self, **_: Any) -> None:
+    def progress(self, progress: Progress) -> None:
         return None
 
     def metric(self, **_: Any) -> None:

@@ -1,26 +1,131 @@
-"""A bound on the JSON bodies of /api/v1/jobs (job specs), as plain ASGI middleware.
+"""Bounded request bodies: every body the API reads goes through one limiter.
 
-FastAPI reads a JSON body whole before any route code runs, so a route cannot refuse a
-1 GB "job spec" before it sits in memory. This middleware reads the body first, at most
-`max_spec_bytes` of it, and answers 413 problem+json past that; a body within the bound is
-replayed to the app unchanged. Uploads and predictions have bounds of their own
-(`max_upload_bytes`), enforced as they stream.
+A body over its bound answers 413 problem+json naming the setting that sets it: refused
+on its `Content-Length` before a byte is read, or, without one (chunked) or when it lies,
+as soon as the bytes read pass the bound. The bounds:
+
+- job specs (`POST /api/v1/jobs...`): `STILLHOUSE_MAX_SPEC_BYTES`, enforced by
+  `JsonBodyLimitMiddleware` below, because FastAPI reads a JSON body whole before any
+  route code runs;
+- uploads and predictions: `STILLHOUSE_MAX_UPLOAD_BYTES`, enforced as they stream
+  (app/api/uploads.py, the prediction routes).
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 
-from app.api.errors import ProblemError, field_error, problem_response
+from app.api.errors import ProblemError, problem_response
 from app.config import get_settings
+from app.services.errors import field_error
 
 # Routes whose bodies are job specs (and the cancel action, whose body is ignored).
 BOUNDED_PREFIX = "/api/v1/jobs"
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """A bound on a body: `limit` bytes, set by `setting`; the 413 names `field`."""
+
+    limit: int
+    setting: str
+    what: str = "the body"
+    field: str = "body"
+    # Bytes a body may carry beyond `limit` before it is refused unread (a multipart
+    # body's boundaries and small form fields around the bounded file part).
+    slack: int = 0
+
+    def too_large(self) -> ProblemError:
+        return ProblemError(
+            413,
+            f"{self.what} is larger than the limit of {self.limit} bytes ({self.setting})",
+            type_="too-large",
+            errors=[field_error(self.field, f"larger than {self.limit} bytes")],
+        )
+
+
+def upload_limit(what: str = "the upload", field: str = "file", slack: int = 0) -> BodyLimit:
+    return BodyLimit(
+        get_settings().max_upload_bytes, "STILLHOUSE_MAX_UPLOAD_BYTES", what, field, slack
+    )
+
+
+def check_declared(headers: Headers, bound: BodyLimit) -> None:
+    """413 at once when Content-Length already says the body is too large; 400 when it
+    is not a number."""
+    raw = headers.get("content-length")
+    if raw is None:
+        return
+    try:
+        length = int(raw)
+    except ValueError:
+        raise ProblemError(
+            400,
+            "Content-Length is not a number",
+            type_="bad-request",
+            errors=[field_error("header.Content-Length", "is not a number")],
+        ) from None
+    if length > bound.limit + bound.slack:
+        raise bound.too_large()
+
+
+async def limited_stream(request: Request, bound: BodyLimit) -> AsyncIterator[bytes]:
+    """The body's chunks; 413 as soon as they add up to more than the bound."""
+    check_declared(request.headers, bound)
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > bound.limit + bound.slack:
+            raise bound.too_large()
+        yield chunk
+
+
+async def read_body(request: Request, bound: BodyLimit) -> bytes:
+    return b"".join([chunk async for chunk in limited_stream(request, bound)])
+
+
+def decode_content(body: bytes, encoding: str | None, bound: BodyLimit) -> bytes:
+    """Undo a request's Content-Encoding (gzip or deflate, as tritonclient sends them),
+    never inflating past the bound."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise ProblemError(
+            415,
+            f"header.Content-Encoding {encoding!r} is not supported (gzip, deflate)",
+            type_="unsupported-media-type",
+            errors=[field_error("header.Content-Encoding", "is not gzip or deflate")],
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, bound.limit + 1)
+    except zlib.error as exc:
+        raise ProblemError(
+            400,
+            f"body is not valid {encoding} data ({exc})",
+            type_="bad-request",
+            errors=[field_error("body", f"is not valid {encoding} data")],
+        ) from None
+    if len(out) > bound.limit or inflater.unconsumed_tail:
+        raise bound.too_large()
+    return out
+
+
 class JsonBodyLimitMiddleware:
+    """Reads a job spec's body first, at most `max_spec_bytes` of it, and answers 413
+    past that; a body within the bound is replayed to the app unchanged."""
+
     def __init__(self, app: Any) -> None:
         self.app = app
 
@@ -32,28 +137,16 @@ class JsonBodyLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        limit = get_settings().max_spec_bytes
-        problem = declared_too_large(scope, limit)
-        chunks: list[bytes] = []
-        if problem is None:
-            seen = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                seen += len(chunk)
-                if seen > limit:
-                    problem = too_large(limit)
-                    break
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        if problem is not None:
-            response = problem_response(Request(scope), problem)
+        bound = BodyLimit(get_settings().max_spec_bytes, "STILLHOUSE_MAX_SPEC_BYTES", "a job spec")
+        request = Request(scope, receive)
+        try:
+            body = await read_body(request, bound)
+        except ClientDisconnect:
+            return
+        except ProblemError as problem:
+            response = problem_response(request, problem)
             await response(scope, receive, send)
             return
-        body = b"".join(chunks)
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -65,29 +158,3 @@ class JsonBodyLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
-
-
-def too_large(limit: int) -> ProblemError:
-    return ProblemError(
-        413,
-        f"body: a job spec may take at most {limit} bytes (STILLHOUSE_MAX_SPEC_BYTES)",
-        type_="too-large",
-        errors=[field_error("body", f"is larger than the limit of {limit} bytes")],
-    )
-
-
-def declared_too_large(scope: dict[str, Any], limit: int) -> ProblemError | None:
-    """The 413 (or 400) that Content-Length already earns, before a byte is read."""
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                return ProblemError(
-                    400,
-                    "Content-Length is not a number",
-                    type_="bad-request",
-                    errors=[field_error("header.Content-Length", "is not a number")],
-                )
-            return too_large(limit) if length > limit else None
-    return None

@@ -1,7 +1,9 @@
 """RFC 9457 problem+json for every error on /api/v1 (and `{"error": ...}` on /v2).
 
-Routes raise `ProblemError`; the handlers below turn it, FastAPI's validation errors and
-anything unexpected into a problem document that names the field or file at fault.
+The one place where errors become HTTP: the domain errors of services
+(app.services.errors), serving's input and model errors, FastAPI's validation errors,
+a route's own `ProblemError` and anything unexpected all leave as a problem document
+that names the field or file at fault, with the status chosen here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.services.errors import (
+    ConflictError,
+    InvalidError,
+    MalformedError,
+    NotFoundError,
+    ServiceError,
+    TooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaError,
+    field_error,
+)
+from app.serving.backends import ModelUnavailableError
+from app.serving.inputs import InputError
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +59,43 @@ class ProblemError(Exception):
         self.headers = headers
 
 
-def field_error(field: str, message: str) -> dict[str, str]:
-    return {"field": field, "message": message}
-
-
-def not_found(what: str, id_: str) -> ProblemError:
-    return ProblemError(404, f"{what} {id_} does not exist", type_="not-found")
-
-
 def invalid(errors: list[dict[str, Any]], detail: str | None = None) -> ProblemError:
-    summary = detail or "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-    return ProblemError(422, summary, title="Invalid request", type_="invalid", errors=errors)
+    return problem_from(InvalidError(errors, detail))
+
+
+# Status, problem type and title of each domain error; the first match in order wins.
+SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, str, str | None], ...] = (
+    (NotFoundError, 404, "not-found", None),
+    (ConflictError, 409, "conflict", None),
+    (InvalidError, 422, "invalid", "Invalid request"),
+    (TooLargeError, 413, "too-large", None),
+    (MalformedError, 400, "bad-request", None),
+    (UnsupportedMediaError, 415, "unsupported-media-type", None),
+    (UnauthorizedError, 401, "unauthorized", None),
+)
+
+
+def problem_from(exc: ServiceError) -> ProblemError:
+    """A domain error as the problem it answers."""
+    for kind, status, type_, title in SERVICE_ERRORS:
+        if isinstance(exc, kind):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return ProblemError(
+                status, exc.detail, title=title, type_=type_, errors=exc.errors, headers=headers
+            )
+    return ProblemError(500, exc.detail)
+
+
+def input_problem(exc: InputError) -> ProblemError:
+    """A prediction input that cannot be served; its status is part of the protocol
+    (OIP answers malformed tensors with 400, limits with 413)."""
+    return ProblemError(
+        exc.status,
+        f"{exc.field} {exc.message}",
+        type_="too-large" if exc.status == 413 else "invalid",
+        title="Invalid input" if exc.status != 413 else None,
+        errors=[field_error(exc.field, exc.message)],
+    )
 
 
 def _is_v2(request: Request) -> bool:
@@ -130,6 +172,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(request, exc)
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return problem_response(request, problem_from(exc))
+
+    @app.exception_handler(InputError)
+    async def _input(request: Request, exc: InputError) -> JSONResponse:
+        return problem_response(request, input_problem(exc))
+
+    @app.exception_handler(ModelUnavailableError)
+    async def _unavailable(request: Request, exc: ModelUnavailableError) -> JSONResponse:
+        return problem_response(request, ProblemError(503, str(exc), type_="model-unavailable"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

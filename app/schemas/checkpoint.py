@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import unicodedata
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.schemas.names import PrintableText
 
 
 class CheckpointForm(BaseModel):
@@ -31,7 +32,9 @@ class CheckpointForm(BaseModel):
         None, description='Normalisation mean per channel on the 0-1 scale: "0.5,0.5,0.5".'
     )
     std: list[float] | None = Field(None, description="Normalisation std per channel (> 0).")
-    name: str | None = Field(None, max_length=200, description="Defaults to the file's name.")
+    name: PrintableText | None = Field(
+        None, max_length=200, description="Defaults to the file's name."
+    )
 
     @field_validator("mean", "std", mode="before")
     @classmethod
@@ -66,13 +69,6 @@ class CheckpointForm(BaseModel):
     def _positive(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(not v > 0 for v in value):
             raise ValueError("every std must be > 0")
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise ValueError("must not contain control characters")
         return value
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.names import PrintableText
 
 
 class DatasetForm(BaseModel):
@@ -14,7 +15,9 @@ class DatasetForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200, description="Defaults to the file's name.")
+    name: PrintableText | None = Field(
+        None, max_length=200, description="Defaults to the file's name."
+    )
     image_size: int | None = Field(
         None,
         ge=8,
@@ -22,13 +25,6 @@ class DatasetForm(BaseModel):
         description="Resize every image to this many pixels a side (stretching, not cropping). "
         "Without it all images must already share one square size.",
     )
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise ValueError("must not contain control characters")
-        return value
 
 
 class DatasetOut(BaseModel):

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from app.core.losses import LOSSES
+
 
 class SpecModel(BaseModel):
     # Python's JSON reader takes Infinity and NaN, and JSON strings may hold NUL; Postgres
@@ -198,10 +200,12 @@ class SizeSearch(SpecModel):
 
 # ------------------------------------------------------------------------ distillation
 class DistillLossSpec(SpecModel):
-    type: Literal["mse", "kl", "hint"] = Field(
+    type: str = Field(
         "kl",
-        description="mse: E||f(x)-g(x)||^2 on logits; kl: Hinton soft targets; hint: FitNets "
-        "feature regression through a learned adapter, plus the kl term.",
+        description="A name from the loss registry (app/core/losses.py). mse: E||f(x)-g(x)||^2 "
+        "on logits; kl: Hinton soft targets; hint: FitNets feature regression through a "
+        "learned adapter, plus the kl term.",
+        json_schema_extra={"enum": LOSSES.names()},
     )
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature (kl, hint).")
     alpha: float = Field(
@@ -214,6 +218,12 @@ class DistillLossSpec(SpecModel):
     hint_weight: float = Field(1.0, ge=0, description="hint: weight of the feature term.")
     student_layer: str | None = Field(None, description="hint: student module name.")
     teacher_layer: str | None = Field(None, description="hint: teacher module name.")
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        LOSSES.get(name)  # UnknownNameError (a ValueError) names the known ones
+        return name
 
 
 class DistillStage(StageSpec):
@@ -326,6 +336,30 @@ def default_evaluate(target: DatasetRef) -> EvaluateSpec:
             update={"split": "test", "samples_per_class": None, "labels": True}
         )
     )
+
+
+def spec_inputs(spec: BaseModel) -> set[tuple[str, str]]:
+    """What a spec reads that its owner can delete, as (kind, id) pairs: uploaded
+    datasets ("dataset"), checkpoints ("checkpoint") and earlier models ("model")."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, DatasetRef) and node.id is not None:
+            found.add(("dataset", node.id))
+        if isinstance(node, ModelSpec):
+            if node.checkpoint_id is not None:
+                found.add(("checkpoint", node.checkpoint_id))
+            if node.model_id is not None:
+                found.add(("model", node.model_id))
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(spec)
+    return found
 
 
 def parse_spec(

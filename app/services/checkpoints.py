@@ -4,35 +4,36 @@ The file is never loaded as a model here. Its header (tensor names, dtypes and s
 is compared with the state dict of the named architecture built on the meta device,
 which costs no memory, so a checkpoint that would not load in the worker is refused on
 upload with the names of the tensors at fault. Two layouts are accepted, the same two
-that `worker.pipeline.load_weights` loads:
+that the worker's `load_weights` (worker/build.py) loads:
 
 - a bare backbone's state dict, e.g. torchvision's resnet18 (`conv1.weight`, `fc.weight`);
-- a whole `worker.nets.Network` state dict (`backbone.` prefixes plus the preprocessing
-  buffers `scale`, `mean`, `std`), e.g. a model.safetensors this service exported.
+- a whole `app.core.network.Network` state dict (`backbone.` prefixes plus the
+  preprocessing buffers `scale`, `mean`, `std`), e.g. a model.safetensors this service
+  exported.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from sqlalchemy.orm import Session
 
-from app.api.errors import ProblemError, field_error, invalid
+from app.core.archs import ARCHS, arch_info, head_name
+from app.core.files import move_into_place
+from app.core.network import NetworkConfig, build_network
+from app.core.registry import UnknownNameError
 from app.models import Checkpoint
 from app.models.base import new_id, utcnow
 from app.schemas.checkpoint import CheckpointForm, CheckpointOut
+from app.schemas.names import display_name
 from app.services import owned
-from app.services.datasets import unfinished_jobs_using
-from app.services.upload_io import FILE_FIELD, ReceivedUpload, display_name, parse_form
-from worker.nets import NetworkConfig, arch_info, build_network, head_name, known_archs
+from app.services.upload_rules import reject
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,10 @@ log = logging.getLogger(__name__)
 PREPROCESS_KEYS = ("scale", "mean", "std")
 BACKBONE_PREFIX = "backbone."
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
-# Names suggested when an arch is unknown and nothing close matches.
-POPULAR_ARCHS = ("small_cnn", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 # How many offending tensors a message names, per kind of problem.
 SHOW = 5
 # The largest small_cnn width tried (CheckpointForm.width's bound).
 MAX_WIDTH = 16.0
-
-
-def reject(message: str, where: str = FILE_FIELD) -> NoReturn:
-    raise invalid([field_error(where, message)])
 
 
 @dataclass
@@ -157,16 +152,10 @@ def compare(tensors: dict[str, TensorInfo], expected: dict[str, Any], *, network
 
 
 def _check_arch(arch: str) -> None:
-    known = known_archs()
-    if arch in known:
-        return
-    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    reject(
-        f"unknown arch {arch!r}; {hint}known archs include {', '.join(POPULAR_ARCHS)} "
-        f"({len(known)} in all: small_cnn and every torchvision classification model)",
-        "arch",
-    )
+    try:
+        ARCHS.get(arch)
+    except UnknownNameError as exc:
+        reject(str(exc), "arch")
 
 
 def _first_conv(tensors: dict[str, TensorInfo], network: bool) -> TensorInfo | None:
@@ -303,12 +292,18 @@ def checkpoint_out(row: Checkpoint) -> CheckpointOut:
 
 
 def create_checkpoint(
-    session: Session, *, owner: str, upload: ReceivedUpload, artifact_dir: Path
+    session: Session,
+    *,
+    owner: str,
+    form: CheckpointForm,
+    path: Path,
+    filename: str | None,
+    artifact_dir: Path,
 ) -> Checkpoint:
-    """Check an uploaded safetensors file, move it into place, and record it."""
-    form = parse_form(CheckpointForm, upload.fields)
+    """Check an uploaded safetensors file (at `path`, beside its final place), move it
+    into place, and record it."""
     _check_arch(form.arch)
-    contents = read_safetensors(upload.path)
+    contents = read_safetensors(path)
     in_channels, width, network = check_fit(form, contents)
     meta: dict[str, Any] = {
         "in_channels": in_channels,
@@ -326,17 +321,12 @@ def create_checkpoint(
         meta["input_size"] = form.input_size
 
     checkpoint_id = new_id()
-    folder = artifact_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{checkpoint_id}.safetensors"
-    # The upload already lies in this folder: make it durable, then rename it into place.
-    with open(upload.path, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(upload.path, final)
+    final = artifact_dir / "checkpoints" / f"{checkpoint_id}.safetensors"
+    move_into_place(path, final)
     row = Checkpoint(
         id=checkpoint_id,
         owner=owner,
-        name=form.name or display_name(upload.filename),
+        name=form.name or display_name(filename),
         arch=form.arch,
         num_classes=form.num_classes,
         meta=meta,
@@ -380,23 +370,12 @@ def list_checkpoints(
 def delete_checkpoint(
     session: Session, *, owner: str, checkpoint_id: str, artifact_dir: Path
 ) -> None:
-    row = get_owned(session, owner, checkpoint_id, lock=True)
-    users = unfinished_jobs_using(session, owner=owner, key="checkpoint_id", value=checkpoint_id)
-    if users:
-        session.rollback()
-        raise ProblemError(
-            409,
-            f"checkpoint {checkpoint_id} is the teacher of unfinished job(s) "
-            f"{', '.join(users[:5])}; cancel them or wait for them to finish first",
-            type_="conflict",
-        )
-    path = artifact_dir / row.path
-    session.delete(row)
-    session.commit()
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        log.warning(
-            "checkpoint %s deleted, but its file %s could not be removed", checkpoint_id, path
-        )
-    log.info("checkpoint %s deleted by %s", checkpoint_id, owner)
+    owned.delete_unused(
+        session,
+        Checkpoint,
+        owner=owner,
+        id_=checkpoint_id,
+        what="checkpoint",
+        used_as="is the teacher of",
+        files=lambda row: artifact_dir / row.path,
+    )

@@ -5,19 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.errors import ProblemError, field_error, invalid
+from app.core import job_states
+from app.core.files import remove_tree
 from app.models import FINISHED_STATES, Job, JobEvent, JobState
-from app.models.base import new_id, utcnow
+from app.models.base import new_id
 from app.schemas.job import JobOut, MetricHistory, MetricPoint
+from app.schemas.job_spec import spec_inputs
 from app.services import owned
+from app.services.errors import ConflictError, InvalidError, field_error
 from app.services.spec_check import AnySpec, check_spec
 
 log = logging.getLogger(__name__)
@@ -71,36 +73,26 @@ def create_job(
     digest = request_hash(raw_body)
     if idempotency_key is not None:
         if len(idempotency_key) > 200:
-            raise invalid([field_error("header.Idempotency-Key", "at most 200 characters")])
+            raise InvalidError([field_error("header.Idempotency-Key", "at most 200 characters")])
         existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
     filled, errors = check_spec(session, owner, spec)
     if errors:
-        raise invalid(errors)
-    now = utcnow()
+        raise InvalidError(errors)
     job_id = new_id()
-    values = {
-        "id": job_id,
-        "owner": owner,
-        "kind": filled.kind,
-        "name": filled.name,
-        "state": JobState.QUEUED,
-        "spec": filled.model_dump(mode="json"),
-        "attempts": 0,
-        "max_attempts": filled.max_attempts or default_max_attempts,
-        "cancel_requested": False,
-        "idempotency_key": idempotency_key,
-        "request_hash": digest,
-        "created_at": now,
-        "updated_at": now,
-    }
     try:
-        session.execute(insert(Job).values(**values))
-        session.execute(
-            insert(JobEvent).values(
-                job_id=job_id, type="state", data={"state": JobState.QUEUED}, created_at=now
-            )
+        job_states.create(
+            session,
+            job_id=job_id,
+            owner=owner,
+            kind=filled.kind,
+            name=filled.name,
+            spec=filled.model_dump(mode="json"),
+            inputs=spec_inputs(filled),
+            max_attempts=filled.max_attempts or default_max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
         )
         session.commit()
     except IntegrityError:
@@ -122,7 +114,7 @@ def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
 
 def _replay(existing: Job, digest: str) -> Job:
     if existing.request_hash != digest:
-        raise invalid(
+        raise InvalidError(
             [field_error("header.Idempotency-Key", "already used with a different body")],
             detail="Idempotency-Key was already used with a different request body",
         )
@@ -151,35 +143,14 @@ def list_jobs(
 def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:
     """QUEUED -> CANCELLED at once; RUNNING -> CANCELLING (the worker stops within a step)."""
     job = get_owned(session, owner, job_id)
-    now = utcnow()
     if job.state in FINISHED_STATES:
         if job.state == JobState.CANCELLED:
             return job
-        raise ProblemError(409, f"job {job_id} already {job.state}", type_="conflict")
-    # Compare-and-set on the state: a worker may claim the job between our read and write.
-    for from_state, to_state in (
-        (JobState.QUEUED, JobState.CANCELLED),
-        (JobState.RUNNING, JobState.CANCELLING),
-    ):
-        values: dict[str, Any] = {"state": to_state, "cancel_requested": True, "updated_at": now}
-        if to_state == JobState.CANCELLED:
-            values["finished_at"] = now
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == from_state).values(**values)
-        )
-        if result.rowcount == 1:
-            session.execute(
-                insert(JobEvent).values(
-                    job_id=job_id,
-                    type="state",
-                    data={"state": to_state, "reason": "cancel requested"},
-                    created_at=now,
-                )
-            )
-            session.commit()
-            break
+        raise ConflictError(f"job {job_id} already {job.state}")
+    if job_states.request_cancel(session, job_id) is None:
+        session.rollback()  # it finished (or was cancelled) since it was read
     else:
-        session.rollback()
+        session.commit()
     session.expire_all()
     return get_owned(session, owner, job_id)
 
@@ -187,21 +158,15 @@ def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:
 def delete_job(session: Session, *, owner: str, job_id: str, artifact_dir: Path) -> None:
     job = get_owned(session, owner, job_id)
     if job.state not in FINISHED_STATES:
-        raise ProblemError(
-            409,
-            f"job {job_id} is {job.state}; cancel it and wait for it to finish first",
-            type_="conflict",
+        raise ConflictError(
+            f"job {job_id} is {job.state}; cancel it and wait for it to finish first"
         )
-    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
-    result = session.execute(
-        delete(Job).where(Job.id == job_id, Job.state.in_(list(FINISHED_STATES)))
-    )
-    if result.rowcount != 1:
+    if not job_states.delete_finished(session, job_id):
         session.rollback()
-        raise ProblemError(409, f"job {job_id} changed state; try again", type_="conflict")
+        raise ConflictError(f"job {job_id} changed state; try again")
     session.commit()
     # Checkpoints go with the job; its model (if any) stays until deleted on its own.
-    shutil.rmtree(artifact_dir / "jobs" / job_id, ignore_errors=True)
+    remove_tree(artifact_dir / "jobs" / job_id)
 
 
 def events_after(session: Session, job_id: str, after: int, limit: int = 500) -> list[JobEvent]:

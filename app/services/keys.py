@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import ApiKey
+from app.services.errors import UnauthorizedError
 
 KEY_PREFIX = "sh_"
 
@@ -32,3 +33,17 @@ def owner_for_key(session: Session, key: str) -> str | None:
         select(ApiKey.owner).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     ).first()
     return None if row is None else row[0]
+
+
+def owner_for_authorization(session: Session, header: str) -> str:
+    """The owner of an `Authorization: Bearer <key>` header; UnauthorizedError without a
+    valid key."""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise UnauthorizedError(
+            "missing API key: send Authorization: Bearer <key> (stillhouse keys create)"
+        )
+    owner = owner_for_key(session, key.strip())
+    if owner is None:
+        raise UnauthorizedError("invalid API key")
+    return owner

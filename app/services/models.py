@@ -1,33 +1,22 @@
-"""Finished models: list, get, delete (row, artifacts), artifact files, serving refs."""
+"""Finished models: list, get, delete (row, then artifacts), and their artifact files."""
 
 from __future__ import annotations
 
-import logging
-import shutil
 from pathlib import Path
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 
-from app.api.deps import get_owner
-from app.api.errors import ProblemError, not_found
-from app.db import get_sessionmaker
+from app.core.model_format import META_FILE, ONNX_FILE, WEIGHTS_FILE
 from app.models import TrainedModel
 from app.schemas.model import ModelOut
 from app.services import owned
-from app.services.datasets import unfinished_jobs_using
-from app.serving.backends import ModelRef
-from app.serving.server import ModelServer
-
-log = logging.getLogger(__name__)
+from app.services.errors import NotFoundError
 
 # Downloadable artifacts and their media types.
 ARTIFACTS = {
-    "model.safetensors": "application/octet-stream",
-    "model.json": "application/json",
-    "model.onnx": "application/octet-stream",
+    WEIGHTS_FILE: "application/octet-stream",
+    META_FILE: "application/json",
+    ONNX_FILE: "application/octet-stream",
 }
 
 
@@ -50,39 +39,8 @@ def model_folder(row: TrainedModel, artifact_dir: Path) -> Path:
     root = artifact_dir.resolve()
     folder = (root / row.artifact_path).resolve()
     if folder == root or root not in folder.parents:
-        raise ProblemError(500, f"model {row.id} has an artifact path outside the store")
+        raise RuntimeError(f"model {row.id} has an artifact path outside the store")
     return folder
-
-
-def model_ref(row: TrainedModel, artifact_dir: Path) -> ModelRef:
-    return ModelRef(row.id, model_folder(row, artifact_dir), row.meta)
-
-
-def serving_ref(request: Request, *, model_id: str, artifact_dir: Path) -> tuple[str, ModelRef]:
-    """(owner, model) for a prediction: the caller's key checked and the model looked up in
-    one short session, whose connection goes back to the pool before the prediction waits.
-
-    Prediction routes are async and wait on the batcher; a request-long session (the
-    usual `SessionDep`) would hold a pooled connection all that time, and a burst of
-    concurrent predictions would exhaust the pool.
-    """
-    with get_sessionmaker()() as session:
-        owner = get_owner(request, session)
-        return owner, model_ref(get_owned(session, owner, model_id), artifact_dir)
-
-
-async def authorized_ref(
-    request: Request, server: ModelServer, *, model_id: str, artifact_dir: Path
-) -> tuple[str, ModelRef]:
-    """`serving_ref`, remembered for a few seconds by the server (app/serving/lookup.py)."""
-    hit = server.lookups.get(request, model_id)
-    if hit is not None:
-        return hit
-    owner, ref = await run_in_threadpool(
-        serving_ref, request, model_id=model_id, artifact_dir=artifact_dir
-    )
-    server.lookups.put(request, model_id, owner, ref)
-    return owner, ref
 
 
 def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> ModelOut:
@@ -101,7 +59,7 @@ def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> Model
             "job_id": row.job_id,
             "params": row.params,
             "size_bytes": row.size_bytes,
-            "files": meta.get("files", ["model.safetensors", "model.json"]),
+            "files": meta.get("files", [WEIGHTS_FILE, META_FILE]),
             "backends": meta.get("backends"),
             "onnx": meta.get("onnx"),
             "serving_backend": serving_backend,
@@ -113,20 +71,18 @@ def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> Model
 
 def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
     if name not in ARTIFACTS:
-        raise ProblemError(
-            404,
+        raise NotFoundError(
+            "artifact",
+            name,
             f"model {row.id} has no artifact {name!r}; artifacts are {', '.join(ARTIFACTS)}",
-            type_="not-found",
         )
     path = model_folder(row, artifact_dir) / name
     if not path.is_file():
         reason = ""
-        if name == "model.onnx":
+        if name == ONNX_FILE:
             reason = (row.meta.get("onnx") or {}).get("error", "")
-        raise ProblemError(
-            404,
-            f"model {row.id} has no {name}" + (f": {reason}" if reason else ""),
-            type_="not-found",
+        raise NotFoundError(
+            "artifact", name, f"model {row.id} has no {name}" + (f": {reason}" if reason else "")
         )
     return path
 
@@ -134,26 +90,15 @@ def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
 def delete_model(session: Session, *, owner: str, model_id: str, artifact_dir: Path) -> None:
     """Delete the row, then the files: no row ever points at a half-deleted folder.
 
-    409 while an unfinished job starts from it (`"source": "model"`), as for datasets and
-    checkpoints: that job would fail when it reads the weights.
+    Conflict while an unfinished job starts from it (`"source": "model"`), as for
+    datasets and checkpoints: that job would fail when it reads the weights.
     """
-    row = get_owned(session, owner, model_id, lock=True)
-    users = unfinished_jobs_using(session, owner=owner, key="model_id", value=model_id)
-    if users:
-        session.rollback()
-        raise ProblemError(
-            409,
-            f"model {model_id} is the starting point of unfinished job(s) "
-            f"{', '.join(users[:5])}; cancel them or wait for them to finish first",
-            type_="conflict",
-        )
-    folder = model_folder(row, artifact_dir)
-    result = session.execute(
-        delete(TrainedModel).where(TrainedModel.id == model_id, TrainedModel.owner == owner)
+    owned.delete_unused(
+        session,
+        TrainedModel,
+        owner=owner,
+        id_=model_id,
+        what="model",
+        used_as="is the starting point of",
+        files=lambda row: model_folder(row, artifact_dir),
     )
-    if result.rowcount != 1:
-        session.rollback()
-        raise not_found("model", model_id)
-    session.commit()
-    shutil.rmtree(folder, ignore_errors=True)
-    log.info("model %s of %s deleted", model_id, owner)

@@ -1,4 +1,5 @@
-"""Reads scoped to an owner, shared by jobs, datasets, checkpoints and models.
+"""Rows scoped to an owner, shared by jobs, datasets, checkpoints and models: find one,
+list a page, and delete one that no unfinished job uses.
 
 Another owner's row answers exactly like a missing one (404, never 403): the query
 filters on the owner, so it cannot tell them apart either.
@@ -6,14 +7,21 @@ filters on the owner, so it cannot tell them apart either.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import not_found
+from app.core import job_states
+from app.core.files import remove_path
 from app.models.base import storable
+from app.services.errors import ConflictError, NotFoundError
 from app.services.paging import next_token, paginate
+
+log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
@@ -44,13 +52,11 @@ def find_owned(
 def get_owned(
     session: Session, model: type[Row], *, owner: str, id_: str, what: str, lock: bool = False
 ) -> Row:
-    """The owner's `model` row with id `id_`, or a 404 naming `what`; `lock` takes it
-    `FOR UPDATE` (see `find_owned`)."""
-    if not storable(id_):
-        raise not_found(what, repr(id_))
+    """The owner's `model` row with id `id_`, or NotFoundError naming `what`; `lock` takes
+    it `FOR UPDATE` (see `find_owned`)."""
     row = find_owned(session, model, owner=owner, id_=id_, lock="update" if lock else None)
     if row is None:
-        raise not_found(what, id_)
+        raise NotFoundError(what, id_ if storable(id_) else repr(id_))
     return row
 
 
@@ -69,3 +75,38 @@ def list_owned(
         session.execute(paginate(stmt, model, page_size=page_size, page_token=page_token)).scalars()
     )
     return next_token(rows, page_size)
+
+
+def delete_unused(
+    session: Session,
+    model: type[Row],
+    *,
+    owner: str,
+    id_: str,
+    what: str,
+    used_as: str,
+    files: Callable[[Row], Path],
+) -> None:
+    """Delete the owner's dataset, checkpoint or model `id_`, then its files.
+
+    ConflictError while an unfinished job reads it (`used_as` says how: "is used by"),
+    as that job would fail when it came to read it. The row goes first and the files
+    after the commit, so no row ever points at half-deleted files; `files(row)` is
+    where they are (a file or a folder, located while the row is at hand).
+    """
+    row = get_owned(session, model, owner=owner, id_=id_, what=what, lock=True)
+    users = job_states.unfinished_jobs_using(session, owner=owner, kind=what, ref_id=id_)
+    if users:
+        session.rollback()
+        raise ConflictError(
+            f"{what} {id_} {used_as} unfinished job(s) {', '.join(users[:5])}; "
+            f"cancel them or wait for them to finish first"
+        )
+    path = files(row)
+    session.delete(row)
+    session.commit()
+    try:
+        remove_path(path)
+    except OSError:
+        log.warning("%s %s deleted, but its files could not be removed", what, id_)
+    log.info("%s %s deleted by %s", what, id_, owner)

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
-from app.api.errors import ProblemError, field_error, invalid
 from app.models.base import storable
+from app.services.errors import InvalidError, field_error
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -35,8 +35,8 @@ def decode_token(token: str) -> tuple[datetime, str]:
     return created_at, id_
 
 
-def _malformed() -> ProblemError:
-    return invalid(
+def _malformed() -> InvalidError:
+    return InvalidError(
         [field_error("query.page_token", "malformed token")],
         detail="page_token is not one this service issued",
     )

@@ -14,7 +14,18 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
+from app.config import DATASET_EXPANSION, get_settings
+from app.core.archs import arch_info, default_hint_layer, weights_enum_names
+from app.core.datasets import (
+    DatasetInfo,
+    UploadedInfo,
+    dataset_info,
+    resolve_classes,
+    target_names,
+)
+from app.core.losses import get_loss
+from app.core.network import module_names
+from app.core.registry import UnknownNameError
 from app.models import Checkpoint, Dataset, TrainedModel
 from app.schemas.job_spec import (
     DatasetRef,
@@ -30,22 +41,6 @@ from app.schemas.job_spec import (
     default_evaluate,
 )
 from app.services import owned
-from app.services.datasets import EXPANSION_FACTOR
-from worker.data import (
-    DatasetInfo,
-    UploadedInfo,
-    dataset_info,
-    resolve_classes,
-    target_names,
-)
-from worker.nets import (
-    NetworkConfig,
-    UnknownNameError,
-    arch_info,
-    default_hint_layer,
-    module_names,
-    weights_enum_names,
-)
 
 AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec
 Row = TypeVar("Row", Dataset, Checkpoint, TrainedModel)
@@ -106,7 +101,6 @@ class SpecChecker:
                 image_size=int(row.shape[-1]),
                 labeled=row.labeled,
                 scale=255.0 if row.dtype == "uint8" else 1.0,
-                path=row.path,  # type: ignore[arg-type]
                 num_samples=row.num_samples,
                 task="regression" if regression else "classification",
             )
@@ -148,7 +142,7 @@ class SpecChecker:
         arrays are, or one spec (10M synthetic samples, or CIFAR-100 resized to 224 pixels)
         takes the worker down instead of failing here."""
         size = info.memory_bytes(ref)
-        limit = EXPANSION_FACTOR * get_settings().max_upload_bytes
+        limit = get_settings().max_dataset_bytes
         if size is None or size <= limit:
             return
         field = "num_samples" if ref.name == "synthetic" and ref.num_samples else "image_size"
@@ -159,7 +153,7 @@ class SpecChecker:
             f"{where}.{field}",
             f"{info.samples(ref)} images of {info.channels}x{side}x{side} take {size} bytes, "
             f"more than the {limit} a dataset may take "
-            f"({EXPANSION_FACTOR} x STILLHOUSE_MAX_UPLOAD_BYTES)",
+            f"({DATASET_EXPANSION} x STILLHOUSE_MAX_UPLOAD_BYTES)",
         )
 
     def labelled_dataset(self, ref: DatasetRef, where: str) -> ResolvedData | None:
@@ -231,7 +225,7 @@ class SpecChecker:
 
     def hint_layers(self, spec: Any, teacher: ResolvedModel, student_arch: str | None, where: str):
         loss = spec.loss
-        if loss.type != "hint":
+        if not get_loss(loss.type).features:
             return
         for role, arch, name in (
             ("teacher", teacher.arch, loss.teacher_layer),
@@ -245,9 +239,7 @@ class SpecChecker:
                     f"{where}.loss.{role}_layer", f"{arch} has no default hint layer; name one"
                 )
                 continue
-            names = module_names(
-                NetworkConfig(arch=arch, num_classes=10, in_channels=3, image_size=32)
-            )
+            names = module_names(arch)
             if layer not in names:
                 sample = sorted(n for n in names if n.count(".") <= 2 and n)[:25]
                 self.error(
@@ -296,7 +288,7 @@ class SpecChecker:
 
     def regression_teacher(self, teacher: ResolvedModel, stage: DistillStage) -> None:
         """A teacher trained on regression targets is distilled by the squared error only."""
-        if teacher.task == "regression" and stage.loss.type != "mse":
+        if teacher.task == "regression" and not get_loss(stage.loss.type).for_regression:
             self.error("distill.loss.type", "the teacher predicts regression targets: use mse")
 
     # ------------------------------------------------------------------ job kinds
@@ -364,7 +356,7 @@ class SpecChecker:
             spec.strategy == "finetune_then_distill"
             and target is not None
             and target.task == "regression"
-            and spec.distill.loss.type != "mse"
+            and not get_loss(spec.distill.loss.type).for_regression
         ):
             # The adapted teacher then predicts the regression targets.
             self.error(

@@ -23,12 +23,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from worker.nets import NetworkConfig, build_network
+from app.core.model_format import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    WEIGHTS_FILE,
+    onnx_session,
+)
+from app.core.network import NetworkConfig, build_network
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -81,7 +85,7 @@ class TorchBackend:
 
     def __init__(self, folder: Path, meta: dict[str, Any], device: torch.device) -> None:
         config = NetworkConfig.from_json(meta["network"])
-        weights = load_file(str(folder / "model.safetensors"), device="cpu")
+        weights = load_file(str(folder / WEIGHTS_FILE), device="cpu")
         # The meta device builds the skeleton without allocating or initialising weights;
         # `assign=True` then adopts the loaded tensors as they are. A module with state
         # outside its state dict (non-persistent buffers) is rebuilt the ordinary way.
@@ -107,17 +111,8 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, folder: Path, meta: dict[str, Any], threads: int) -> None:
-        import onnxruntime as ort
-
-        path = folder / "model.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # One batch at a time per model: the batcher already serialises calls.
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        path = folder / ONNX_FILE
+        self.session = onnx_session(str(path), threads=threads)
         self.input_name = meta.get("onnx", {}).get("input", INPUT_NAME)
         self.output_name = meta.get("onnx", {}).get("output", OUTPUT_NAME)
         self.size_bytes = path.stat().st_size
@@ -130,7 +125,7 @@ def choose_backend(meta: dict[str, Any], folder: Path, *, setting: str, device: 
     """'torch' or 'onnx' for this model under the serving settings (see the module doc)."""
     if device == "cuda":
         return "torch"
-    has_onnx = "model.onnx" in meta.get("files", []) and (folder / "model.onnx").is_file()
+    has_onnx = ONNX_FILE in meta.get("files", []) and (folder / ONNX_FILE).is_file()
     if setting == "torch" or not has_onnx:
         if setting == "onnx":
             reason = meta.get("onnx", {}).get("error", "model.onnx is missing")
@@ -152,14 +147,6 @@ def serving_threads(setting: int) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def serving_device(setting: str) -> torch.device:
-    if setting == "cuda":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        log.warning("STILLHOUSE_SERVING_DEVICE=cuda but no CUDA device is visible; using cpu")
-    return torch.device("cpu")
-
-
 def load_model(ref: ModelRef, *, setting: str, device: torch.device, threads: int) -> LoadedModel:
     """Load a student; ModelUnavailableError when its files are missing or unreadable."""
     meta = ref.meta
@@ -171,7 +158,7 @@ def load_model(ref: ModelRef, *, setting: str, device: torch.device, threads: in
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelUnavailableError(f"model {ref.id}: model.json lacks {exc}") from exc
     choice = choose_backend(meta, ref.folder, setting=setting, device=device.type)
-    needed = "model.onnx" if choice == "onnx" else "model.safetensors"
+    needed = ONNX_FILE if choice == "onnx" else WEIGHTS_FILE
     if not (ref.folder / needed).is_file():
         raise ModelUnavailableError(f"model {ref.id}: its artifact {needed} is missing")
     try:

@@ -8,8 +8,9 @@ Accepted:
 
 Then, for `/predict`: grey inputs for a colour model are repeated over three channels,
 colour inputs for a grey model become luma (ITU-R 601, as Pillow's "L"), and any other
-size is resized (bilinear, antialiased; not aspect-preserving) to model.json's H x W,
-which the model's own preprocessing and ONNX graph expect. V2 is strict instead: its
+size is resized to model.json's H x W, which the model's own preprocessing and ONNX
+graph expect. Images are decoded and resized exactly as uploads are (app.core.images),
+so that a model serves the pixels it trained on. V2 is strict instead: its
 metadata promises [-1, C, H, W] exactly.
 
 Every problem is an `InputError` that names the field (or file) and says what was wrong;
@@ -27,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from app.core.images import image_pixels, resize_images
 
 # Pillow's "L" conversion weights (ITU-R 601-2 luma).
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -203,16 +204,8 @@ def conform(
                 f"{c} (grey and 3-channel colour inputs are converted)",
             )
     if (xh, xw) != (h, w):
-        x = resize(x, (h, w))
+        x = resize_images(x, (h, w))
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [N, C, H, W], antialiased when shrinking."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    shrink = size[0] < x.shape[2] or size[1] < x.shape[3]
-    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return out.numpy()
 
 
 # ------------------------------------------------------------------------------ images
@@ -270,27 +263,12 @@ def image_to_array(
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        pixels = _pixels(image, c)
+        pixels = image_pixels(image, c)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(name, f"{what} is corrupt or truncated ({_short(exc)})") from None
     if pixels.shape[-2:] != (h, w):
-        pixels = resize(pixels[None], (h, w))[0]
+        pixels = resize_images(pixels[None], (h, w))[0]
     return pixels
-
-
-def _pixels(image: Image.Image, channels: int) -> np.ndarray:
-    """[C, H, W] float32 on 0-255 with the model's channel count; alpha is dropped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grey: 0-65535 onto 0-255.
-        grey = np.asarray(image, dtype=np.float32) / np.float32(257.0)
-        arr = grey[None]
-        return np.repeat(arr, 3, axis=0) if channels == 3 else arr
-    if image.mode == "F":
-        raise ValueError("floating-point images are not PNG or JPEG pixels")
-    converted = image.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(converted, dtype=np.float32)
-    return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def _short(exc: Exception) -> str:

@@ -18,8 +18,6 @@ import threading
 import time
 from collections import OrderedDict
 
-from starlette.requests import Request
-
 from app.serving.backends import ModelRef
 
 # Entries kept at most; the oldest go first.
@@ -34,15 +32,14 @@ class LookupCache:
         self._entries: OrderedDict[tuple[str, str], tuple[float, str, ModelRef]] = OrderedDict()
 
     @staticmethod
-    def _key(request: Request, model_id: str) -> tuple[str, str]:
+    def _key(authorization: str, model_id: str) -> tuple[str, str]:
         # The header's hash, so that keys do not sit in memory in the clear.
-        header = request.headers.get("authorization", "")
-        return hashlib.sha256(header.encode()).hexdigest(), model_id
+        return hashlib.sha256(authorization.encode()).hexdigest(), model_id
 
-    def get(self, request: Request, model_id: str) -> tuple[str, ModelRef] | None:
+    def get(self, authorization: str, model_id: str) -> tuple[str, ModelRef] | None:
         if self.ttl <= 0:
             return None
-        key = self._key(request, model_id)
+        key = self._key(authorization, model_id)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -53,10 +50,10 @@ class LookupCache:
                 return None
             return owner, ref
 
-    def put(self, request: Request, model_id: str, owner: str, ref: ModelRef) -> None:
+    def put(self, authorization: str, model_id: str, owner: str, ref: ModelRef) -> None:
         if self.ttl <= 0:
             return
-        key = self._key(request, model_id)
+        key = self._key(authorization, model_id)
         with self._lock:
             self._entries[key] = (time.monotonic() + self.ttl, owner, ref)
             self._entries.move_to_end(key)

@@ -20,13 +20,8 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
-from app.serving.backends import (
-    LoadedModel,
-    ModelRef,
-    load_model,
-    serving_device,
-    serving_threads,
-)
+from app.core.devices import serving_device
+from app.serving.backends import LoadedModel, ModelRef, load_model, serving_threads
 from app.serving.batcher import Batcher, BatcherClosedError
 from app.serving.cache import ModelCache
 from app.serving.lookup import LookupCache

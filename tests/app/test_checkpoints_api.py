@@ -13,8 +13,9 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save, save_file
 
-from worker.nets import NetworkConfig, SmallCNN, build_network
-from worker.pipeline import load_weights
+from app.core.archs import SmallCNN
+from app.core.network import NetworkConfig, build_network
+from worker.build import load_weights
 
 URL = "/api/v1/checkpoints"
 
@@ -53,7 +54,7 @@ def assert_problem(r, status: int, field: str, *needles: str) -> None:
 
 
 def loads_in_worker(settings, body: dict[str, Any], image_size: int = 16) -> None:
-    """What worker.pipeline.build_model does with a checkpoint teacher: build, then load."""
+    """What worker.build.build_model does with a checkpoint teacher: build, then load."""
     config = NetworkConfig(
         arch=body["arch"],
         num_classes=body["num_classes"],
@@ -357,9 +358,9 @@ def test_a_teacher_in_use_cannot_be_deleted(client, alice):
 def test_absurd_channel_counts_are_refused_not_built():
     # Widths are read from the file's shapes; one of 2**40 channels overflowed when the
     # architecture was built to compare with (a RuntimeError, so a 500).
-    from app.api.errors import ProblemError
     from app.schemas.checkpoint import CheckpointForm
     from app.services.checkpoints import FileContents, TensorInfo, check_fit
+    from app.services.errors import InvalidError
 
     contents = FileContents(
         {
@@ -369,6 +370,6 @@ def test_absurd_channel_counts_are_refused_not_built():
         None,
         None,
     )
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(InvalidError) as refused:
         check_fit(CheckpointForm(arch="small_cnn", num_classes=3), contents)
-    assert refused.value.status == 422
+    assert [e["field"] for e in refused.value.errors or []] == ["file"]

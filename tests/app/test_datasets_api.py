@@ -18,14 +18,16 @@ from pydantic import TypeAdapter
 from starlette.requests import Request
 
 from app.api.errors import ProblemError
+from app.api.uploads import receive_upload
 from app.config import get_settings
+from app.core.datasets import holdout_mask
+from app.core.datasets.stored import read_dataset
 from app.db import get_write_sessionmaker
 from app.schemas.job_spec import JobSpec
 from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
+from app.services.errors import ConflictError, InvalidError, ServiceError
 from app.services.spec_check import check_spec
-from app.services.upload_io import receive_upload
-from worker.data import holdout_mask, load_uploaded
 
 URL = "/api/v1/datasets"
 
@@ -66,7 +68,7 @@ def upload(client, headers, content: bytes, filename: str = "data.npz", **fields
 
 def stored(settings, body: dict[str, Any]):
     """The stored file read back by the worker, as a job would."""
-    return load_uploaded(Path(settings.artifact_dir) / "datasets" / f"{body['id']}.npz", "all")
+    return read_dataset(Path(settings.artifact_dir) / "datasets" / f"{body['id']}.npz", "all")
 
 
 def assert_problem(r, status: int, *needles: str, field: str = "file") -> None:
@@ -486,7 +488,9 @@ def test_streamed_bodies_without_length(client, alice, settings, monkeypatch):
     assert [p for p in leftover_files(settings) if p.startswith(".")] == []
 
 
-def test_content_length_is_checked_before_reading():
+def test_content_length_is_checked_before_reading(monkeypatch):
+    set_limit(monkeypatch, 1000)
+
     async def receive() -> dict[str, Any]:
         raise AssertionError("the body was read")
 
@@ -501,9 +505,7 @@ def test_content_length_is_checked_before_reading():
     }
 
     async def go() -> None:
-        async with receive_upload(
-            Request(scope, receive), max_bytes=1000, dest_dir=Path("/nonexistent")
-        ):
+        async with receive_upload(Request(scope, receive), dest_dir=Path("/nonexistent")):
             raise AssertionError("unreachable")
 
     with pytest.raises(ProblemError) as err:
@@ -574,13 +576,13 @@ def _upload_three_classes(client, alice) -> str:
 
 
 def _in_thread(work) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run `work` in a thread; its result or ProblemError lands in the dict."""
+    """Run `work` in a thread; its result or the service's error lands in the dict."""
     out: dict[str, Any] = {}
 
     def run() -> None:
         try:
             out["result"] = work()
-        except ProblemError as exc:
+        except ServiceError as exc:
             out["problem"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -617,7 +619,8 @@ def test_a_delete_racing_a_submission_waits_and_refuses(client, alice, settings)
             default_max_attempts=3,
         )
     thread.join(30)
-    assert created and out["problem"].status == 409 and job.id in out["problem"].detail
+    assert created and isinstance(out["problem"], ConflictError)
+    assert job.id in out["problem"].detail
     assert client.get(f"{URL}/{ds}", headers=alice).status_code == 200
 
 
@@ -636,7 +639,7 @@ def test_a_submission_racing_a_delete_waits_and_is_refused(client, alice, settin
         )
     thread.join(30)
     problem = out["problem"]
-    assert problem.status == 422
+    assert isinstance(problem, InvalidError)
     assert problem.errors == [
         {"field": "train.dataset.id", "message": f"no dataset with id {ds!r}"}
     ]

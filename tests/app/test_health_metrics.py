@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from app.config import get_settings
+from app.core import job_states
 from app.db import get_write_engine, reset_engines
 from app.models import Job, JobState
 from app.models.base import utcnow
-from worker import queue
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -101,10 +101,10 @@ def test_job_metrics_match_the_jobs(client, alice, tiny_spec):
     ids = [submit() for _ in range(6)]
     # Oldest first: two finish, one runs, one is cancelled, two stay queued.
     for worker_id, state in (("w1", JobState.SUCCEEDED), ("w2", JobState.FAILED)):
-        job = queue.claim_next(engine, worker_id)
+        job = job_states.claim_next(engine, worker_id)
         assert job is not None
-        assert queue.finish(engine, job.id, worker_id, state=state)
-    assert queue.claim_next(engine, "w3") is not None
+        assert job_states.finish(engine, job.id, worker_id, state=state)
+    assert job_states.claim_next(engine, "w3") is not None
     client.post(f"/api/v1/jobs/{ids[3]}:cancel", headers=alice)
     now = utcnow()
     with engine.begin() as conn:

@@ -1,6 +1,6 @@
 """Every job route, on SQLite and on Postgres, through the real app and a real database.
 
-Jobs are moved through their states with the worker's own queue functions (claim, finish,
+Jobs are moved through their states with the state machine's own functions (app.core.job_states) (claim, finish,
 report), the same code a worker runs, so that these tests need no training.
 """
 
@@ -17,14 +17,15 @@ import pytest
 from sqlalchemy import update
 
 from app.config import get_settings
+from app.core import job_states
 from app.db import get_write_engine
 from app.models import Job, JobState
 from app.models.base import utcnow
 from app.services.examples import PIPELINE_EXAMPLE, TRAIN_EXAMPLE
 from app.services.paging import encode_token
-from worker import queue
 from worker.control import JobControl
-from worker.reporting import Reporter
+from worker.events import Reporter
+from worker.train import Progress
 
 PROBLEM = "application/problem+json"
 
@@ -36,9 +37,9 @@ def submit(client, headers: dict[str, str], spec: dict[str, Any], **extra: str) 
     return r.json()
 
 
-def claim(job_id: str, worker_id: str = "test-worker") -> queue.ClaimedJob:
+def claim(job_id: str, worker_id: str = "test-worker") -> job_states.ClaimedJob:
     """Claim `job_id` as a worker would; it must be the oldest queued job."""
-    claimed = queue.claim_next(get_write_engine(), worker_id)
+    claimed = job_states.claim_next(get_write_engine(), worker_id)
     assert claimed is not None and claimed.id == job_id
     return claimed
 
@@ -46,7 +47,7 @@ def claim(job_id: str, worker_id: str = "test-worker") -> queue.ClaimedJob:
 def run_to(job_id: str, state: JobState, **error: str) -> None:
     """Claim the job and finish it in `state` (SUCCEEDED or FAILED)."""
     claim(job_id)
-    assert queue.finish(
+    assert job_states.finish(
         get_write_engine(), job_id, "test-worker", state=state, error=dict(error) or None
     )
 
@@ -509,7 +510,7 @@ def test_cancel_queued_job(client, alice, tiny_spec):
     again = client.post(f"/api/v1/jobs/{job['id']}:cancel", headers=alice)
     assert again.status_code == 202 and again.json() == cancelled
     # A cancelled job is never claimed.
-    assert queue.claim_next(get_write_engine(), "test-worker") is None
+    assert job_states.claim_next(get_write_engine(), "test-worker") is None
     events = parse_sse(client.get(f"/api/v1/jobs/{job['id']}/events", headers=alice).text)
     assert [(t, d["state"]) for _, t, d in events] == [("state", "QUEUED"), ("state", "CANCELLED")]
 
@@ -519,12 +520,12 @@ def test_cancel_running_job_asks_the_worker(client, alice, tiny_spec):
     claim(job["id"])
     r = client.post(f"/api/v1/jobs/{job['id']}:cancel", headers=alice)
     assert r.status_code == 202 and r.json()["state"] == "CANCELLING"
-    status = queue.heartbeat(get_write_engine(), job["id"], "test-worker", write=True)
+    status = job_states.heartbeat(get_write_engine(), job["id"], "test-worker", write=True)
     assert status.owned and status.cancel_requested
     assert client.post(f"/api/v1/jobs/{job['id']}:cancel", headers=alice).json()["state"] == (
         "CANCELLING"
     )
-    assert queue.finish(get_write_engine(), job["id"], "test-worker", state=JobState.CANCELLED)
+    assert job_states.finish(get_write_engine(), job["id"], "test-worker", state=JobState.CANCELLED)
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=alice).json()["state"] == "CANCELLED"
 
 
@@ -581,19 +582,21 @@ def _job_with_history(client, alice, tiny_spec) -> str:
     reporter.stage("train", epochs=2)
     for epoch in (1, 2):
         reporter.progress(
-            stage="train",
-            epoch=epoch,
-            epochs=2,
-            step=epoch * 10,
-            steps=20,
-            loss=lambda: 0.5,
-            eta_seconds=10.0 * (2 - epoch),
+            Progress(
+                stage="train",
+                epoch=epoch,
+                epochs=2,
+                step=epoch * 10,
+                steps=20,
+                loss=lambda: 0.5,
+                eta_seconds=10.0 * (2 - epoch),
+            )
         )
         reporter.metric(
             stage="train", epoch=epoch, values={"train_loss": 1.0 / epoch, "val_accuracy": 0.4}
         )
     reporter.log("almost there")
-    assert queue.finish(get_write_engine(), job["id"], "test-worker", state=JobState.SUCCEEDED)
+    assert job_states.finish(get_write_engine(), job["id"], "test-worker", state=JobState.SUCCEEDED)
     return job["id"]
 
 

@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from app.config import get_settings
+from app.core.network import NetworkConfig, build_network
 from tests.app.serving import factory
 from tests.app.serving.factory import install_model
-from worker.nets import NetworkConfig, build_network
 
 student_folder = factory.student_folder
 colour_folder = factory.colour_folder
@@ -100,7 +100,7 @@ def test_n_h_w_is_n_1_h_w(client, alice, grey):
 def test_large_answers_are_built_off_the_event_loop(client, alice, grey, monkeypatch):
     # 256 images x k=1000 took a quarter of a second to build on the loop; past a bound
     # the answer is built in a thread, and it must be the same answer.
-    from app.api.routes import models as routes
+    from app.serving import predict as routes
 
     x = {"inputs": np.random.default_rng(2).random((3, 8, 8)).tolist()}
     inline = predict(client, alice, grey, json=x, params={"k": 3}).json()

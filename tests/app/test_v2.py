@@ -22,9 +22,9 @@ import tritonclient.http as triton
 from safetensors.torch import load_file
 from tritonclient.utils import InferenceServerException
 
+from app.core.network import NetworkConfig, build_network
 from tests.app.serving import factory
 from tests.app.serving.factory import install_model
-from worker.nets import NetworkConfig, build_network
 
 student_folder = factory.student_folder
 

@@ -1,4 +1,5 @@
-"""The dataset registry: digits' fixed split, filters, synthetic data, torchvision offline."""
+"""Loading datasets in the worker: digits' fixed split, filters, synthetic data,
+torchvision offline."""
 
 from __future__ import annotations
 
@@ -7,19 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from app.core.datasets import DatasetUnavailableError, dataset_info
 from app.schemas.job_spec import DatasetRef
-from worker.data import (
-    DatasetUnavailableError,
-    dataset_info,
-    load_dataset,
-    load_uploaded,
-    resolve_classes,
-)
-from worker.nets import UnknownNameError
+from worker.data import load_dataset
 
 FASHION_DEB = Path("/usr/share/datasets/fashion-mnist")
 
@@ -64,13 +58,6 @@ def test_image_size_and_unlabelled():
     assert data.y is None
 
 
-def test_resolve_classes_names_the_missing_class():
-    with pytest.raises(ValueError, match="class 12 is not in the dataset"):
-        resolve_classes(DatasetRef(name="digits", classes=[1, 12]), [str(i) for i in range(10)])
-    with pytest.raises(ValueError, match="'cat'"):
-        resolve_classes(DatasetRef(name="digits", classes=["cat"]), ["0", "1"])
-
-
 def test_synthetic_is_deterministic_by_seed():
     ref = DatasetRef(name="synthetic", num_classes=4, channels=1, image_size=16, num_samples=200)
     a, b = load(ref), load(ref)
@@ -81,13 +68,6 @@ def test_synthetic_is_deterministic_by_seed():
     test = load(ref.model_copy(update={"split": "test"}))
     assert not torch.equal(a.x[:50], test.x[:50])
     assert dataset_info(ref).class_names == [f"class_{i}" for i in range(4)]
-
-
-def test_unknown_dataset_names_known_ones():
-    with pytest.raises(UnknownNameError, match="digits"):
-        dataset_info(DatasetRef(name="imagenet"))
-    with pytest.raises(UnknownNameError, match="FashionMNIST"):
-        dataset_info(DatasetRef(name="torchvision:Fashion"))
 
 
 def test_missing_torchvision_files_name_what_to_place_where(tmp_path: Path):
@@ -123,14 +103,3 @@ def test_fashion_mnist_reads_offline_from_real_files(tmp_path: Path):
     assert len(test) == 10000
     assert torch.bincount(train.y).tolist() == [6000] * 10
     assert train.class_names[0] == "T-shirt/top" and train.scale == 255.0
-
-
-def test_uploaded_npz_holdout_split(tmp_path: Path):
-    x = np.random.default_rng(0).integers(0, 256, size=(50, 1, 8, 8), dtype=np.uint8)
-    y = np.repeat(np.arange(5), 10)
-    path = tmp_path / "d.npz"
-    np.savez(path, x=x, y=y, class_names=np.array(list("abcde")))
-    train, test, every = (load_uploaded(path, s) for s in ("train", "test", "all"))
-    assert (len(train), len(test), len(every)) == (40, 10, 50)
-    assert torch.bincount(test.y).tolist() == [2] * 5
-    assert every.class_names == list("abcde") and every.scale == 255.0

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from app.core.network import Network, NetworkConfig, build_network
 from worker.export import (
     OnnxMismatchError,
     check_onnx,
@@ -23,7 +24,6 @@ from worker.export import (
     onnx_bytes_of,
     random_inputs,
 )
-from worker.nets import Network, NetworkConfig, build_network
 
 
 def small_config(**overrides) -> NetworkConfig:

@@ -12,8 +12,8 @@ import torchvision
 from safetensors.torch import save
 
 from app.config import get_settings
+from app.core.network import NetworkConfig, build_network
 from tests.worker.jobrun import run
-from worker.nets import NetworkConfig, build_network
 
 STUDENT = {"arch": "small_cnn", "width": 0.25}
 DIGITS_FEW = {"name": "digits", "classes": [0, 1, 2], "samples_per_class": 12}

@@ -8,16 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.core.network import NetworkConfig, build_network
 from app.schemas.job_spec import DatasetRef, SchedulerSpec, StageSpec
 from worker.augment import crop_batch, random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobCancelled, JobControl
 from worker.data import load_dataset
-from worker.nets import NetworkConfig, build_network
+from worker.objectives import supervised
 from worker.train import (
     NullSink,
     TrainingDivergedError,
-    cross_entropy_objective,
+    evaluate,
     fit,
     make_optimizer,
     make_schedule,
@@ -41,7 +42,7 @@ def run_fit(model, spec, objective=None, **kw):
         model=model,
         train=DIGITS,
         stage=spec,
-        objective=objective or cross_entropy_objective(),
+        objective=objective or supervised(),
         device=torch.device("cpu"),
         seed=0,
         control=kw.pop("control", JobControl()),
@@ -83,7 +84,7 @@ def test_resume_continues_exactly(tmp_path: Path):
         def __init__(self):
             self.epochs = 0
 
-        def progress(self, **_):
+        def progress(self, _progress):
             return None
 
         def metric(self, **_):
@@ -95,7 +96,7 @@ def test_resume_continues_exactly(tmp_path: Path):
     def objective(model, x, y, idx):
         if sink.epochs == 2:
             control.shutdown.set()
-        return cross_entropy_objective()(model, x, y, idx)
+        return supervised()(model, x, y, idx)
 
     with pytest.raises(Exception, match="shutting down"):
         fit(
@@ -141,3 +142,12 @@ def test_augmentation_is_seeded_and_shape_preserving():
     # A zero offset with padding p is the identity crop at (p, p).
     same = crop_batch(x, torch.full((2, 2), 1), pad=1)
     assert torch.equal(same, x)
+
+
+def test_evaluate_counts_and_averages_over_the_whole_set():
+    model = net()
+    result = evaluate(model, DIGITS, device=torch.device("cpu"), batch_size=7)
+    with torch.inference_mode():
+        logits = model.eval()(DIGITS.x.float())
+    assert result["accuracy"] == pytest.approx(float((logits.argmax(1) == DIGITS.y).float().mean()))
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, DIGITS.y).item(), rel=1e-5)

@@ -13,10 +13,10 @@ import torch
 from sqlalchemy import insert, select
 
 from app.config import get_settings
+from app.core import job_states
 from app.db import get_write_engine, get_write_sessionmaker, reset_engines
 from app.models import Job, JobEvent, JobState, TrainedModel
 from app.models.base import new_id, utcnow
-from worker import queue
 from worker.main import Worker
 
 T = TypeVar("T")
@@ -205,14 +205,15 @@ def test_failing_job_ends_failed_with_a_readable_error(client, alice, spec, code
         assert session.execute(select(TrainedModel)).first() is None
 
 
-def test_a_model_that_cannot_be_recorded_leaves_no_folder(client, alice, tiny_spec, settings):
+def test_a_model_that_cannot_be_recorded_leaves_no_folder(
+    client, alice, tiny_spec, settings, monkeypatch
+):
     def refuse(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("the database went away")
 
     job_id = submit(client, alice, tiny_spec)
-    worker = Worker(get_settings(), device="cpu")
-    worker._commit_success = refuse  # type: ignore[method-assign]
-    worker.run(max_jobs=1)
+    monkeypatch.setattr(job_states, "succeed", refuse)
+    Worker(get_settings(), device="cpu").run(max_jobs=1)
     job = client.get(f"/api/v1/jobs/{job_id}", headers=alice).json()
     assert job["state"] == "FAILED" and job["model_id"] is None, job
     models = settings.artifact_dir / "models"
@@ -224,7 +225,7 @@ def test_the_loop_survives_a_failure_to_record_an_outcome(client, alice, tiny_sp
     # that used to end the worker's loop, leaving the queue with nobody to run it.
     first = _store_unchecked({"kind": "train", "model": {"arch": "small_cnn"}})
     second = submit(client, alice, tiny_spec)
-    real_finish = queue.finish
+    real_finish = job_states.finish
     calls = []
 
     def flaky_finish(*args: Any, **kwargs: Any) -> bool:
@@ -233,7 +234,7 @@ def test_the_loop_survives_a_failure_to_record_an_outcome(client, alice, tiny_sp
             raise RuntimeError("the database went away")
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "finish", flaky_finish)
+    monkeypatch.setattr(job_states, "finish", flaky_finish)
     Worker(get_settings(), device="cpu").run(max_jobs=2)
     assert client.get(f"/api/v1/jobs/{second}", headers=alice).json()["state"] == "SUCCEEDED"
     # The first keeps its lease until it goes stale; the sweep then requeues it.

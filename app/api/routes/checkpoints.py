@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.schemas.checkpoint import CheckpointList, CheckpointOut
+from app.api.responses import problems
+from app.api.uploads import ReceivedUpload, parse_form, store_upload
+from app.schemas.checkpoint import CheckpointForm, CheckpointList, CheckpointOut
 from app.services import checkpoints as checkpoints_service
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from app.services.upload_io import receive_upload
 
 router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
 
-PROBLEM = {"model": dict, "content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid API key", **PROBLEM},
-    404: {"description": "No such checkpoint (or another owner's)", **PROBLEM},
-    422: {"description": "Invalid request; `errors` names each field", **PROBLEM},
-}
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    400: {"description": "Malformed multipart body", **PROBLEM},
-    413: {"description": "Larger than STILLHOUSE_MAX_UPLOAD_BYTES", **PROBLEM},
-    415: {"description": "Not multipart/form-data", **PROBLEM},
-    422: {
-        "description": "Bad form field, or the file does not fit the architecture; the "
-        "message names the missing, unexpected or mis-shaped tensors",
-        **PROBLEM,
+ERRORS = problems(401, 404, 422, what="checkpoint")
+UPLOAD_ERRORS = problems(
+    400,
+    401,
+    413,
+    415,
+    422,
+    custom={
+        400: "Malformed multipart body",
+        415: "Not multipart/form-data",
+        422: "Bad form field, or the file does not fit the architecture; the message names "
+        "the missing, unexpected or mis-shaped tensors",
     },
-}
+)
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -81,18 +78,18 @@ async def create_checkpoint(
 ) -> CheckpointOut:
     # Give the key lookup's connection back before a possibly long upload.
     auth_session.close()
-    async with receive_upload(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        dest_dir=settings.artifact_dir / "checkpoints",
-    ) as upload:
-        row = await run_in_threadpool(
-            checkpoints_service.create_checkpoint,
+
+    def store(upload: ReceivedUpload):
+        return checkpoints_service.create_checkpoint(
             session,
             owner=owner,
-            upload=upload,
+            form=parse_form(CheckpointForm, upload.fields),
+            path=upload.path,
+            filename=upload.filename,
             artifact_dir=settings.artifact_dir,
         )
+
+    row = await store_upload(request, dest_dir=settings.artifact_dir / "checkpoints", store=store)
     response.headers["Location"] = f"/api/v1/checkpoints/{row.id}"
     return checkpoints_service.checkpoint_out(row)
 
@@ -126,7 +123,7 @@ def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> 
 @router.delete(
     "/{checkpoint_id}",
     status_code=204,
-    responses={**ERRORS, 409: {"description": "An unfinished job uses the checkpoint", **PROBLEM}},
+    responses=problems(401, 404, 409, what="checkpoint", custom={409: "An unfinished job uses it"}),
     summary="Delete a checkpoint and its stored file",
 )
 def delete_checkpoint(

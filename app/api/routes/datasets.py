@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.schemas.dataset import DatasetList, DatasetOut
+from app.api.responses import problems
+from app.api.uploads import ReceivedUpload, parse_form, store_upload
+from app.schemas.dataset import DatasetForm, DatasetList, DatasetOut
 from app.services import datasets as datasets_service
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from app.services.upload_io import receive_upload
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
-PROBLEM = {"model": dict, "content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid API key", **PROBLEM},
-    404: {"description": "No such dataset (or another owner's)", **PROBLEM},
-    422: {"description": "Invalid request; `errors` names each field", **PROBLEM},
-}
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    400: {"description": "Malformed multipart body", **PROBLEM},
-    413: {"description": "Larger than STILLHOUSE_MAX_UPLOAD_BYTES", **PROBLEM},
-    415: {"description": "Not multipart/form-data", **PROBLEM},
-    422: {
-        "description": "The data failed validation; `errors[0].message` names the array, "
-        "key or path inside the zip at fault",
-        **PROBLEM,
+ERRORS = problems(401, 404, 422, what="dataset")
+UPLOAD_ERRORS = problems(
+    400,
+    401,
+    413,
+    415,
+    422,
+    custom={
+        400: "Malformed multipart body",
+        415: "Not multipart/form-data",
+        422: "The data failed validation; `errors[0].message` names the array, key or path "
+        "inside the zip at fault",
     },
-}
+)
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -80,19 +77,19 @@ async def create_dataset(
 ) -> DatasetOut:
     # Give the key lookup's connection back before a possibly long upload.
     auth_session.close()
-    async with receive_upload(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        dest_dir=settings.artifact_dir / "datasets",
-    ) as upload:
-        row = await run_in_threadpool(
-            datasets_service.create_dataset,
+
+    def store(upload: ReceivedUpload):
+        return datasets_service.create_dataset(
             session,
             owner=owner,
-            upload=upload,
+            form=parse_form(DatasetForm, upload.fields),
+            path=upload.path,
+            filename=upload.filename,
             artifact_dir=settings.artifact_dir,
-            max_upload_bytes=settings.max_upload_bytes,
+            max_decoded_bytes=settings.max_dataset_bytes,
         )
+
+    row = await store_upload(request, dest_dir=settings.artifact_dir / "datasets", store=store)
     response.headers["Location"] = f"/api/v1/datasets/{row.id}"
     return datasets_service.dataset_out(row)
 
@@ -120,7 +117,7 @@ def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> Datase
 @router.delete(
     "/{dataset_id}",
     status_code=204,
-    responses={**ERRORS, 409: {"description": "An unfinished job uses the dataset", **PROBLEM}},
+    responses=problems(401, 404, 409, what="dataset", custom={409: "An unfinished job uses it"}),
     summary="Delete a dataset and its stored file",
 )
 def delete_dataset(

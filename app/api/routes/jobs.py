@@ -13,23 +13,20 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.api.errors import field_error, invalid
+from app.api.errors import invalid
+from app.api.responses import problems
 from app.db import get_sessionmaker
 from app.models import FINISHED_STATES, Job, JobState
 from app.schemas.job import JobList, JobOut, MetricHistory
 from app.schemas.job_spec import JobSpec
 from app.services import jobs as jobs_service
+from app.services.errors import field_error
 from app.services.examples import JOB_EXAMPLES
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
-PROBLEM = {"model": dict, "content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid API key", **PROBLEM},
-    404: {"description": "No such job (or another owner's)", **PROBLEM},
-    422: {"description": "Invalid request; `errors` names each field", **PROBLEM},
-}
+ERRORS = problems(401, 404, 422, what="job")
 
 # How often the event stream looks for new events (seconds), and sends a keep-alive.
 STREAM_POLL_SECONDS = 0.25
@@ -44,9 +41,8 @@ MAX_EVENT_ID = 2**63 - 1
     status_code=201,
     response_model=JobOut,
     responses={
-        **ERRORS,
+        **problems(400, 401, 413, 422, custom={413: "Body larger than STILLHOUSE_MAX_SPEC_BYTES"}),
         200: {"description": "Replay of an Idempotency-Key", "model": JobOut},
-        413: {"description": "Body larger than STILLHOUSE_MAX_SPEC_BYTES", **PROBLEM},
     },
     summary="Submit a job",
 )
@@ -99,7 +95,7 @@ def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
     "/{job_id}:cancel",
     status_code=202,
     response_model=JobOut,
-    responses={**ERRORS, 409: {"description": "The job already finished", **PROBLEM}},
+    responses=problems(401, 404, 409, what="job", custom={409: "The job already finished"}),
     summary="Cancel a job (CANCELLED if queued, CANCELLING while it runs)",
 )
 def cancel_job(job_id: str, owner: OwnerDep, session: WriteSessionDep) -> JobOut:
@@ -109,7 +105,7 @@ def cancel_job(job_id: str, owner: OwnerDep, session: WriteSessionDep) -> JobOut
 @router.delete(
     "/{job_id}",
     status_code=204,
-    responses={**ERRORS, 409: {"description": "The job has not finished", **PROBLEM}},
+    responses=problems(401, 404, 409, what="job", custom={409: "The job has not finished"}),
     summary="Delete a finished job (its model stays)",
 )
 def delete_job(

@@ -15,30 +15,36 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
+from app.api.body_limit import decode_content, read_body, upload_limit
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.errors import ProblemError
+from app.api.responses import oip_errors
 from app.config import get_settings
 from app.services import models as models_service
-from app.serving.backends import LoadedModel, ModelUnavailableError, choose_backend
-from app.serving.http import decode_content, read_body
-from app.serving.inputs import InputError, Limits
+from app.services.errors import NotFoundError
+from app.serving.access import authorized_ref, model_ref
+from app.serving.backends import LoadedModel, choose_backend
+from app.serving.inputs import Limits
 from app.serving.metrics import PREDICT_LATENCY
 from app.serving.oip import MODEL_VERSION, encode_infer, model_metadata, parse_infer
 from app.serving.server import ModelServer, model_server_for
 
 router = APIRouter(prefix="/v2", tags=["inference (V2)"])
 
-ERROR = {"content": {"application/json": {"example": {"error": "message"}}}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid API key", **ERROR},
-    404: {"description": "No such model (or another owner's), or no such version", **ERROR},
-}
-INFER_ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    400: {"description": "A malformed request: names the tensor or field at fault", **ERROR},
-    413: {"description": "Too large a batch or body", **ERROR},
-    503: {"description": "The model's artifacts cannot be loaded on this server", **ERROR},
-}
+NOT_FOUND = "No such model (or another owner's), or no such version"
+ERRORS = oip_errors(401, 404, custom={404: NOT_FOUND})
+INFER_ERRORS = oip_errors(
+    400,
+    401,
+    404,
+    413,
+    503,
+    custom={
+        400: "A malformed request: names the tensor or field at fault",
+        404: NOT_FOUND,
+        413: "Too large a batch or body",
+    },
+)
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch"}
 
 
@@ -56,7 +62,7 @@ def _check_version(model_id: str, version: str | None) -> None:
 def _owned(session: Any, owner: str, model_id: str) -> Any:
     try:
         return models_service.get_owned(session, owner, model_id)
-    except ProblemError:
+    except NotFoundError:
         raise ProblemError(404, f"unknown model {model_id!r}") from None
 
 
@@ -74,7 +80,7 @@ def metadata(
     settings: SettingsDep,
 ) -> dict[str, Any]:
     row = _owned(session, owner, model_id)
-    ref = models_service.model_ref(row, settings.artifact_dir)
+    ref = model_ref(row, settings.artifact_dir)
     backend = choose_backend(
         ref.meta,
         ref.folder,
@@ -114,19 +120,17 @@ async def model_of_version_ready(model_id: str, version: str, request: Request) 
 
 
 async def _loaded(request: Request, model_id: str, settings: Any) -> LoadedModel:
-    """The caller's model, loaded; the key is checked here (see `serving_ref`)."""
+    """The caller's model, loaded; the key is checked here (app/serving/access.py)."""
     try:
-        _, ref = await models_service.authorized_ref(
-            request, _server(request), model_id=model_id, artifact_dir=settings.artifact_dir
+        _, ref = await authorized_ref(
+            _server(request).lookups,
+            request.headers.get("authorization", ""),
+            model_id=model_id,
+            artifact_dir=settings.artifact_dir,
         )
-    except ProblemError as exc:
-        if exc.status != 404:
-            raise
+    except NotFoundError:
         raise ProblemError(404, f"unknown model {model_id!r}") from None
-    try:
-        return await _server(request).model(ref)
-    except ModelUnavailableError as exc:
-        raise ProblemError(503, str(exc)) from None
+    return await _server(request).model(ref)
 
 
 @router.post(
@@ -173,17 +177,14 @@ async def infer(
     settings = get_settings()
     model = await _loaded(request, model_id, settings)
     limits = Limits(settings.predict_max_batch, settings.predict_max_pixels)
-    try:
-        body = await read_body(request, settings.max_upload_bytes)
-        body = decode_content(body, content_encoding, settings.max_upload_bytes)
-        if len(body) > 64 * 1024:
-            parsed = await run_in_threadpool(
-                parse_infer, body, header_length, model=model, limits=limits
-            )
-        else:
-            parsed = parse_infer(body, header_length, model=model, limits=limits)
-    except InputError as exc:
-        raise ProblemError(exc.status, f"{exc.field} {exc.message}") from None
+    bound = upload_limit("the body", "body")
+    body = decode_content(await read_body(request, bound), content_encoding, bound)
+    if len(body) > 64 * 1024:
+        parsed = await run_in_threadpool(
+            parse_infer, body, header_length, model=model, limits=limits
+        )
+    else:
+        parsed = parse_infer(body, header_length, model=model, limits=limits)
     logits = await _server(request).logits(model, parsed.x)
     content, headers = encode_infer(parsed, model_id=model.id, logits=logits)
     PREDICT_LATENCY.labels(model.id, "v2").observe(time.perf_counter() - start)

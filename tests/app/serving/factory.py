@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from app.config import get_settings
+from app.core.network import NetworkConfig, build_network
 from app.db import get_write_sessionmaker, reset_engines
 from app.migrate import upgrade_head
 from app.models import TrainedModel
 from app.models.base import utcnow
 from worker.export import export_model
-from worker.nets import NetworkConfig, build_network
 
 TINY_SPEC = {
     "kind": "train",

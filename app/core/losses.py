@@ -1,52 +1,32 @@
 """The distillation losses, in a registry: `mse`, `kl` and `hint`.
 
-Each takes student and teacher logits (and, for `hint`, a feature pair) and returns a
-scalar. They are plain functions of tensors so that tests can check them against values
-computed by hand.
+A `DistillLoss` is what a job's `distill.loss.type` names: a term between student and
+teacher logits, and whether it also matches features (through a learned adapter). The
+API checks names against `LOSSES` at submission; the worker's distillation objective
+dispatches through it. The terms are plain functions of tensors, so that tests check them
+against values computed by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.nets import UnknownNameError
-
-LossFn = Callable[..., torch.Tensor]
-_LOSSES: dict[str, LossFn] = {}
+from app.core.registry import Registry
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    def deco(fn: LossFn) -> LossFn:
-        _LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_loss(name: str) -> LossFn:
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown loss {name!r}; known: {', '.join(sorted(_LOSSES))}"
-        ) from None
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The founding formula E_x ||f(x) - g(x)||^2: the squared norm over outputs (summed
+    over classes or targets), mean over samples. Teacher-to-student on logits (`mse`), and
+    the target loss L_T = E ||g(x) - y||^2 on regression targets or one-hot classes."""
+    return (outputs.float() - targets.float()).pow(2).sum(dim=1).mean()
 
 
-def known_losses() -> list[str]:
-    return sorted(_LOSSES)
-
-
-@register_loss("mse")
-def mse_logits(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """The founding formula E_x ||f(x) - g(x)||^2: squared norm over logits, mean over x."""
-    return (student.float() - teacher.float()).pow(2).sum(dim=1).mean()
-
-
-@register_loss("kl")
 def soft_target_kl(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -62,11 +42,65 @@ def soft_target_kl(
     return kl * (t * t)
 
 
-@register_loss("hint")
 def hint_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """FitNets (Romero et al., 2015): mean squared error between the adapted student
     feature map and the teacher's, per element."""
     return F.mse_loss(student_feature.float(), teacher_feature.float())
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """One `distill.loss.type`: `logits(student, teacher, spec)` is its logit term (spec
+    is the job's DistillLossSpec: temperature, ...); with `features`, the objective adds
+    `spec.hint_weight` times `hint_mse` between the adapted student and teacher features."""
+
+    name: str
+    logits: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    features: bool = False
+    # Whether it applies to regression outputs (a teacher that predicts float targets),
+    # which have no class distribution to soften.
+    for_regression: bool = False
+    description: str = ""
+
+
+LOSSES: Registry[DistillLoss] = Registry("loss")
+
+
+def _add(loss: DistillLoss) -> None:
+    LOSSES.add(loss.name, loss)
+
+
+_add(
+    DistillLoss(
+        "mse",
+        lambda s, t, _spec: squared_error(s, t),
+        for_regression=True,
+        description="E||f(x) - g(x)||^2 between teacher and student logits",
+    )
+)
+_add(
+    DistillLoss(
+        "kl",
+        lambda s, t, spec: soft_target_kl(s, t, spec.temperature),
+        description="Hinton soft targets at `temperature`",
+    )
+)
+_add(
+    DistillLoss(
+        "hint",
+        lambda s, t, spec: soft_target_kl(s, t, spec.temperature),
+        features=True,
+        description="FitNets feature regression through a learned adapter, plus the kl term",
+    )
+)
+
+
+def get_loss(name: str) -> DistillLoss:
+    return LOSSES.get(name)
+
+
+def known_losses() -> list[str]:
+    return LOSSES.names()
 
 
 class HintAdapter(nn.Module):
@@ -92,6 +126,10 @@ class HintAdapter(nn.Module):
             return out
         return self.proj(pool_feature(feature))
 
+    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """The teacher feature in this adapter's output form."""
+        return teacher_feature if self.spatial else pool_feature(teacher_feature)
+
 
 def pool_feature(feature: torch.Tensor) -> torch.Tensor:
     """A non-spatial feature as [N, D]: token maps are averaged over tokens."""
@@ -104,8 +142,3 @@ def pool_feature(feature: torch.Tensor) -> torch.Tensor:
 
 def _flat_dim(shape: torch.Size) -> int:
     return int(shape[-1]) if len(shape) == 3 else int(shape[1])
-
-
-def teacher_target(adapter: HintAdapter, teacher_feature: torch.Tensor) -> torch.Tensor:
-    """The teacher feature in the adapter's output form."""
-    return teacher_feature if adapter.spatial else pool_feature(teacher_feature)

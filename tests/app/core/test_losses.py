@@ -7,29 +7,52 @@ import math
 import pytest
 import torch
 
-from worker.losses import (
+from app.core.losses import (
     HintAdapter,
     get_loss,
     hint_mse,
     known_losses,
-    mse_logits,
     soft_target_kl,
+    squared_error,
 )
-from worker.nets import UnknownNameError
+from app.core.registry import UnknownNameError
+from app.schemas.job_spec import DistillLossSpec
 
 
 def test_registry_names_and_unknown():
     assert known_losses() == ["hint", "kl", "mse"]
-    assert get_loss("mse") is mse_logits
     with pytest.raises(UnknownNameError, match="known: hint, kl, mse"):
         get_loss("cosine")
+    # A close misspelling is suggested.
+    with pytest.raises(UnknownNameError, match="did you mean mse"):
+        get_loss("mes")
+
+
+def test_registered_losses_dispatch_to_their_terms():
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    spec = DistillLossSpec(temperature=2.0)
+    assert get_loss("mse").logits(s, t, spec).item() == pytest.approx(squared_error(s, t).item())
+    kl = soft_target_kl(s, t, 2.0).item()
+    assert get_loss("kl").logits(s, t, spec).item() == pytest.approx(kl)
+    # hint is the kl term plus the feature term the objective adds.
+    assert get_loss("hint").logits(s, t, spec).item() == pytest.approx(kl)
+    assert [n for n in known_losses() if get_loss(n).features] == ["hint"]
+    assert [n for n in known_losses() if get_loss(n).for_regression] == ["mse"]
+
+
+def test_the_job_spec_takes_registered_names_only():
+    from pydantic import ValidationError
+
+    assert DistillLossSpec(type="mse").type == "mse"
+    with pytest.raises(ValidationError, match="did you mean kl"):
+        DistillLossSpec(type="kll")
 
 
 def test_mse_is_squared_norm_over_logits_mean_over_samples():
     student = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     teacher = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     # sample 1: 0 + 4 + 9 = 13; sample 2: 1 + 1 + 1 = 3; mean = 8
-    assert mse_logits(student, teacher).item() == pytest.approx(8.0)
+    assert squared_error(student, teacher).item() == pytest.approx(8.0)
 
 
 def _softmax(values: list[float], t: float) -> list[float]:

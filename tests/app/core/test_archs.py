@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.nets import (
-    NetworkConfig,
-    UnknownNameError,
+from app.core.archs import (
     arch_info,
-    build_network,
     count_params,
     default_hint_layer,
     head_name,
     known_archs,
-    module_names,
     replace_head,
 )
+from app.core.network import NetworkConfig, build_network, module_names
+from app.core.registry import UnknownNameError
 
 # One architecture per torchvision family (the input rules are per family), plus ours.
 FAMILY_REPRESENTATIVES = [
@@ -101,4 +99,4 @@ def test_replace_head_changes_outputs(arch: str):
 )
 def test_default_hint_layers_exist(arch: str):
     layer = default_hint_layer(arch)
-    assert layer in module_names(NetworkConfig(arch, 10, 3, 32))
+    assert layer in module_names(arch)

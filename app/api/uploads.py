@@ -1,18 +1,19 @@
-"""Receiving a multipart upload: the file part streams to disk, bounded by the size limit.
+"""Multipart bodies: uploads (a dataset or a checkpoint file, streamed to disk) and the
+image files of `/predict`.
 
 FastAPI's `UploadFile` spools the whole body before a route sees it, so a 50 GiB upload
-would be written out in full before anyone could say no. This reads the request stream
-itself: a `Content-Length` over the limit is refused before a byte is read, and a body
-without one (or one that lies) is refused as soon as the file part passes the limit.
-The few small form fields beside the file are kept in memory, bounded in size and number.
+would be written out in full before anyone could say no. `receive_upload` reads the
+request stream itself, through the body limiter (app/api/body_limit.py): a
+`Content-Length` over the limit is refused before a byte is read, and a body without one
+(or one that lies) is refused as soon as the file part passes the limit. The few small
+form fields beside the file are kept in memory, bounded in size and number.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
-import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,27 +23,27 @@ from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from app.api.errors import ProblemError, field_error, invalid, validation_errors
+from app.api.body_limit import BodyLimit, check_declared, limited_stream, upload_limit
+from app.api.errors import ProblemError, invalid, validation_errors
 from app.models.base import new_id
+from app.services.errors import field_error
+from app.services.upload_rules import FILE_FIELD
+from app.serving.inputs import InputError
 
 log = logging.getLogger(__name__)
 
 FormT = TypeVar("FormT", bound=BaseModel)
-
-# The multipart part that carries the upload.
-FILE_FIELD = "file"
+T = TypeVar("T")
 # Room for the multipart boundaries, part headers and form fields beside the file (bytes):
 # a body may exceed the file limit by this much before it is refused unread.
 FORM_OVERHEAD_BYTES = 64 * 1024
 # Form fields are short (a name, an arch, a few numbers): bytes per field, and fields.
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 16
-
-
-class _TooLargeError(Exception):
-    pass
 
 
 @dataclass
@@ -55,20 +56,11 @@ class ReceivedUpload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def too_large(max_bytes: int, what: str = "the upload") -> ProblemError:
-    return ProblemError(
-        413,
-        f"{what} is larger than the limit of {max_bytes} bytes (STILLHOUSE_MAX_UPLOAD_BYTES)",
-        type_="too-large",
-        errors=[field_error(FILE_FIELD, f"larger than {max_bytes} bytes")],
-    )
-
-
 class _Receiver:
     """python-multipart callbacks: file bytes to a pending list, fields to a dict."""
 
-    def __init__(self, max_bytes: int, charset: str) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, bound: BodyLimit, charset: str) -> None:
+        self.bound = bound
         self.charset = charset
         self.fields: dict[str, str] = {}
         self.file_parts = 0
@@ -123,8 +115,8 @@ class _Receiver:
         chunk = data[start:end]
         if self._is_file:
             self.file_bytes += len(chunk)
-            if self.file_bytes > self.max_bytes:
-                raise _TooLargeError
+            if self.file_bytes > self.bound.limit:
+                raise self.bound.too_large()
             self.pending.append(chunk)
             return
         if len(self._value) + len(chunk) > MAX_FIELD_BYTES:
@@ -174,44 +166,26 @@ def _boundary_and_charset(request: Request) -> tuple[bytes, str]:
     return boundary, charset
 
 
-def _check_content_length(request: Request, max_bytes: int) -> None:
-    raw = request.headers.get("content-length")
-    if raw is None:
-        return
-    try:
-        length = int(raw)
-    except ValueError:
-        raise ProblemError(400, "Content-Length is not a number", type_="bad-request") from None
-    if length > max_bytes + FORM_OVERHEAD_BYTES:
-        raise too_large(max_bytes)
-
-
 @asynccontextmanager
-async def receive_upload(
-    request: Request, *, max_bytes: int, dest_dir: Path
-) -> AsyncIterator[ReceivedUpload]:
+async def receive_upload(request: Request, *, dest_dir: Path) -> AsyncIterator[ReceivedUpload]:
     """Stream the `file` part into a hidden temp file in `dest_dir` (same filesystem as the
     final place, so the caller can `os.replace` it there); the file is removed on exit
     unless the caller moved it away.
 
-    Raises ProblemError: 413 over `max_bytes`, 415 for a body that is not multipart,
-    400 for a malformed one, 422 when the `file` part is missing or empty.
+    Raises ProblemError: 413 over STILLHOUSE_MAX_UPLOAD_BYTES, 415 for a body that is
+    not multipart, 400 for a malformed one, 422 when the `file` part is missing or empty.
     """
-    _check_content_length(request, max_bytes)
+    bound = upload_limit(slack=FORM_OVERHEAD_BYTES)
+    check_declared(request.headers, bound)
     boundary, charset = _boundary_and_charset(request)
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / f".incoming-{new_id()}.part"
-    receiver = _Receiver(max_bytes, charset)
-    body_limit = max_bytes + FORM_OVERHEAD_BYTES
-    body_bytes = 0
+    receiver = _Receiver(bound, charset)
     try:
         fh: IO[bytes] = await run_in_threadpool(open, path, "wb")
         try:
             parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
-            async for chunk in request.stream():
-                body_bytes += len(chunk)
-                if body_bytes > body_limit:
-                    raise _TooLargeError
+            async for chunk in limited_stream(request, bound):
                 parser.write(chunk)
                 if receiver.pending:
                     data = b"".join(receiver.pending)
@@ -233,8 +207,6 @@ async def receive_upload(
             raise invalid([field_error(FILE_FIELD, "the uploaded file is empty")])
         log.debug("received %d bytes into %s", receiver.file_bytes, path)
         yield ReceivedUpload(path, receiver.filename, receiver.file_bytes, receiver.fields)
-    except _TooLargeError:
-        raise too_large(max_bytes) from None
     except FormParserError as exc:
         raise ProblemError(400, f"malformed multipart body: {exc}", type_="bad-request") from None
     except ClientDisconnect:
@@ -255,15 +227,44 @@ def parse_form(model: type[FormT], fields: dict[str, str]) -> FormT:
         raise invalid(validation_errors(list(exc.errors()))) from None
 
 
-def has_control_chars(text: str) -> bool:
-    """Control characters (NUL above all, which Postgres text refuses) have no place in names."""
-    return any(unicodedata.category(ch) == "Cc" for ch in text)
+async def store_upload(
+    request: Request, *, dest_dir: Path, store: Callable[[ReceivedUpload], T]
+) -> T:
+    """Receive the upload into `dest_dir`, then run `store(upload)` (the service: check,
+    move into place, record) in a thread; the spooled file is gone afterwards either way."""
+    async with receive_upload(request, dest_dir=dest_dir) as upload:
+        return await run_in_threadpool(store, upload)
 
 
-def display_name(filename: str | None) -> str | None:
-    """The file's own name, without any folders a client put in front of it."""
-    if not filename:
-        return None
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    base = "".join(ch for ch in base if unicodedata.category(ch) != "Cc")
-    return base[:200] or None
+async def image_files(
+    request: Request, *, max_files: int, field: str = "files"
+) -> list[tuple[str, bytes]]:
+    """The (filename, bytes) of each `files` part of a `/predict` multipart body."""
+    parser = MultiPartParser(
+        request.headers,
+        limited_stream(request, upload_limit("the body", "body")),
+        max_files=max_files + 1,
+        max_fields=16,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        message = str(exc.message)
+        if "Too many files" in message:
+            raise InputError(
+                field, f"more than {max_files} files; at most {max_files} per request", status=413
+            ) from None
+        raise InputError("body", f"is not a valid multipart body: {message}", status=400) from None
+    try:
+        out: list[tuple[str, bytes]] = []
+        for name, value in form.multi_items():
+            if name != field:
+                raise InputError(
+                    name, f"is an unknown field; send the images as `{field}` (one part per image)"
+                )
+            if not isinstance(value, UploadFile):
+                raise InputError(field, "must be files (PNG or JPEG), not text fields")
+            out.append((value.filename or "", await value.read()))
+        return out
+    finally:
+        await form.close()

@@ -1,10 +1,10 @@
-"""The architecture registry, and the `Network` wrapper every served model is.
+"""The architecture registry: every network a job can name, with the facts about it.
 
-`@register("name")` adds an architecture; every torchvision classification model is
-registered by its torchvision name. A `Network` is preprocessing (scale, normalisation,
-channel and size adaptation, all as buffers) followed by a backbone, so that the weights
-file alone, plus `model.json`, rebuilds a model that takes inputs on the training data's
-own scale: serving and ONNX export need nothing from training code.
+`@register("name", family=...)` adds a builder `build(num_classes, in_channels, width)`;
+every torchvision classification model is registered by its torchvision name, beside
+`small_cnn` (the founding document's student). `ARCHS.get(name)` gives an `ArchInfo`, or
+an `UnknownNameError` that suggests close names. Building a whole served network (the
+preprocessing around a backbone) is `app.core.network`'s job.
 """
 
 from __future__ import annotations
@@ -12,19 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from app.core.registry import Registry
+
 log = logging.getLogger(__name__)
-
-
-class UnknownNameError(ValueError):
-    """An unknown registry name; the message lists the known ones."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,11 @@ class ArchInfo:
     build: Callable[..., nn.Module]
 
 
-_ARCHS: dict[str, ArchInfo] = {}
+ARCHS: Registry[ArchInfo] = Registry(
+    "arch",
+    featured=("small_cnn", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0"),
+    everything="small_cnn and every torchvision classification model",
+)
 
 
 def register(
@@ -57,25 +57,21 @@ def register(
     """Register an architecture builder `build(num_classes, in_channels, width) -> nn.Module`."""
 
     def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _ARCHS[name] = ArchInfo(
-            name, family, min_size, fixed_size, channels, default_hint_layer, build
+        ARCHS.add(
+            name, ArchInfo(name, family, min_size, fixed_size, channels, default_hint_layer, build)
         )
         return build
 
     return deco
 
 
-def known_archs() -> list[str]:
-    return sorted(_ARCHS)
-
-
 def arch_info(name: str) -> ArchInfo:
-    try:
-        return _ARCHS[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown arch {name!r}; known: {', '.join(known_archs())}"
-        ) from None
+    """The registered architecture `name`; UnknownNameError (with suggestions) if none."""
+    return ARCHS.get(name)
+
+
+def known_archs() -> list[str]:
+    return ARCHS.names()
 
 
 # ------------------------------------------------------------------------- small_cnn
@@ -255,123 +251,10 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     setattr(parent, child, new)
 
 
-# ------------------------------------------------------------------------ Network
-class Network(nn.Module):
-    """Preprocessing + backbone: takes raw inputs [N, C, H, W] on the data's own scale."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        in_channels: int,
-        backbone_channels: int,
-        backbone_size: int | None,
-        scale: float,
-        mean: list[float],
-        std: list[float],
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.in_channels = in_channels
-        self.backbone_channels = backbone_channels
-        self.backbone_size = backbone_size
-        # Buffers, so that they travel in the weights file and to the device with the model.
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / self.scale - self.mean) / self.std
-        if self.backbone_channels != self.in_channels:
-            # Grey images for an RGB backbone: repeat the channel (keeps pretrained weights).
-            x = x.expand(-1, self.backbone_channels, -1, -1)
-        if self.backbone_size is not None and x.shape[-1] != self.backbone_size:
-            size = (self.backbone_size, self.backbone_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.preprocess(x))
-
-
-def backbone_size_for(info: ArchInfo, image_size: int, input_size: int | None) -> int | None:
-    """The size the backbone sees: None means the data's own size, no resize."""
-    if info.fixed_size is not None:
-        return info.fixed_size
-    target = input_size if input_size is not None else max(image_size, info.min_size)
-    target = max(target, info.min_size)
-    return None if target == image_size else target
-
-
-@dataclass
-class NetworkConfig:
-    """Everything needed to rebuild a Network; stored in model.json as `network`."""
-
-    arch: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    width: float = 1.0
-    input_size: int | None = None
-    scale: float = 1.0
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NetworkConfig:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-def build_network(config: NetworkConfig, *, weights: str | None = None) -> Network:
-    """Build a Network; `weights` names pretrained torchvision weights (source torchvision)."""
-    info = arch_info(config.arch)
-    backbone_channels = info.channels or config.in_channels
-    kwargs: dict[str, Any] = {}
-    if weights is not None:
-        kwargs["weights"] = weights
-    backbone = info.build(config.num_classes, backbone_channels, config.width, **kwargs)
-    mean = config.mean or [0.0] * config.in_channels
-    std = config.std or [1.0] * config.in_channels
-    return Network(
-        backbone,
-        in_channels=config.in_channels,
-        backbone_channels=backbone_channels,
-        backbone_size=backbone_size_for(info, config.image_size, config.input_size),
-        scale=config.scale,
-        mean=mean,
-        std=std,
-    )
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def default_hint_layer(arch: str) -> str | None:
+    """The module of a built Network (`backbone.` prefixed) whose output a hint uses."""
     layer = arch_info(arch).default_hint_layer
     return None if layer is None else f"backbone.{layer}"
-
-
-def module_names(config: NetworkConfig) -> set[str]:
-    """Module names of a network (they depend on the arch only)."""
-    return set(_module_names(config.arch))
-
-
-@lru_cache(maxsize=64)
-def _module_names(arch: str) -> frozenset[str]:
-    config = NetworkConfig(arch=arch, num_classes=10, in_channels=3, image_size=32)
-    try:
-        # The meta device allocates nothing, so even a 600M-parameter model builds at once.
-        with torch.device("meta"):
-            net = build_network(config)
-    except NotImplementedError:
-        # A few builders (RegNet) compute their widths with tensor maths the meta device
-        # cannot run; build those for real.
-        net = build_network(config)
-    return frozenset(name for name, _ in net.named_modules())
 
 
 def weights_enum_names(arch: str) -> list[str]:
@@ -381,26 +264,33 @@ def weights_enum_names(arch: str) -> list[str]:
     return [w.name for w in torchvision.models.get_model_weights(arch)]
 
 
+def torchvision_weights(arch: str, weights: str) -> Any:
+    """torchvision's weights enum member (its transforms, categories and file URL)."""
+    return torchvision.models.get_model_weights(arch)[weights]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def size_bytes_fp32(model: nn.Module) -> int:
+    """Bytes of the model's state as stored (parameters and buffers, their own dtypes)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 __all__ = [
+    "ARCHS",
     "ArchInfo",
-    "Network",
-    "NetworkConfig",
     "SmallCNN",
-    "UnknownNameError",
     "arch_info",
-    "backbone_size_for",
-    "build_network",
     "count_params",
     "default_hint_layer",
     "head_name",
     "head_out_features",
     "known_archs",
-    "module_names",
     "register",
     "replace_head",
+    "size_bytes_fp32",
+    "torchvision_weights",
     "weights_enum_names",
 ]

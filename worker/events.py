@@ -2,20 +2,23 @@
 
 Progress is written at most every `progress_interval_seconds` (and at stage ends), never
 once a step; metrics (one per epoch) and logs are written as they come. Each write is
-fenced on the worker's lease: a write that finds the job gone sets `lease_lost`.
+fenced on the worker's lease (app.core.job_states.record): a write that finds the job
+gone sets `lease_lost`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from app.core import job_states
 from worker.control import JobControl
-from worker.queue import add_event, update_owned
+
+if TYPE_CHECKING:  # worker.train imports the stages' context, which holds a Reporter
+    from worker.train import Progress
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +39,14 @@ class Reporter:
         self.control = control
         self.interval = interval_seconds
         self._last_write = 0.0
-        self._stage: str | None = None
         self.latest_metrics: dict[str, Any] = {}
 
     def _write(self, values: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> None:
-        with self.engine.begin() as conn:
-            if not update_owned(conn, self.job_id, self.worker_id, values):
-                self.control.lease_lost.set()
-                return
-            for type_, data in events:
-                add_event(conn, self.job_id, type_, data)
+        if not job_states.record(self.engine, self.job_id, self.worker_id, values, events):
+            self.control.lease_lost.set()
 
     def stage(self, name: str, *, epochs: int, description: str = "") -> None:
         """A stage begins: its name goes on the job, and a progress event says so."""
-        self._stage = name
         progress = {
             "stage": name,
             "epoch": 0,
@@ -61,32 +58,22 @@ class Reporter:
         self._write({"stage": name, "progress": progress}, [("progress", event)])
         self._last_write = time.monotonic()
 
-    def progress(
-        self,
-        *,
-        stage: str,
-        epoch: int,
-        epochs: int,
-        step: int,
-        steps: int,
-        loss: Callable[[], float],
-        eta_seconds: float | None,
-    ) -> None:
+    def progress(self, progress: Progress) -> None:
         now = time.monotonic()
-        if now - self._last_write < self.interval and step < steps:
+        if now - self._last_write < self.interval and progress.step < progress.steps:
             return
         self._last_write = now
-        progress = {
-            "stage": stage,
-            "epoch": epoch,
-            "epochs": epochs,
-            "step": step,
-            "steps": steps,
-            "fraction": round(step / max(1, steps), 4),
-            "eta_seconds": None if eta_seconds is None else round(eta_seconds, 1),
-            "loss": round(loss(), 5),
+        values = {
+            "stage": progress.stage,
+            "epoch": progress.epoch,
+            "epochs": progress.epochs,
+            "step": progress.step,
+            "steps": progress.steps,
+            "fraction": round(progress.step / max(1, progress.steps), 4),
+            "eta_seconds": None if progress.eta_seconds is None else round(progress.eta_seconds, 1),
+            "loss": round(progress.loss(), 5),
         }
-        self._write({"stage": stage, "progress": progress}, [("progress", progress)])
+        self._write({"stage": progress.stage, "progress": values}, [("progress", values)])
 
     def metric(self, *, stage: str, epoch: int, values: dict[str, float]) -> None:
         self.latest_metrics = {"stage": stage, "epoch": epoch, **values}

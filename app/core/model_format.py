@@ -1,0 +1,35 @@
+"""A finished model's files, as the worker writes them and serving reads them.
+
+A model folder holds `model.safetensors` (the Network's state), `model.json` (the
+`NetworkConfig` under `network`, classes, input shape and scale, normalisation,
+metrics, the ONNX check and backend timings) and, when its export checked out,
+`model.onnx`. The names below are shared by the exporter, the serving backends and the
+Open Inference Protocol metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODEL_FORMAT = "stillhouse.model/v1"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+ONNX_FILE = "model.onnx"
+# Name of the input tensor, in model.json, the ONNX graph and the V2 metadata.
+INPUT_NAME = "input"
+# Name of the ONNX graph's output (and of the V2 output tensor).
+OUTPUT_NAME = "logits"
+
+
+def onnx_session(model: bytes | str, *, threads: int = 1) -> Any:
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads.
+
+    One inter-op thread: a model runs one batch at a time (the batcher serialises calls,
+    the exporter times one call after another)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,48 @@
+"""Who may predict with which model: the caller's key checked and the model looked up,
+in one short session, remembered for a few seconds (app/serving/lookup.py).
+
+Prediction routes are async and wait on the batcher; a request-long session would hold
+a pooled connection all that time, and a burst of concurrent predictions would exhaust
+the pool. So the key and the model row are read here, in a thread, with a session that
+is closed before the prediction waits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+
+from app.db import get_sessionmaker
+from app.models import TrainedModel
+from app.services import models as models_service
+from app.services.keys import owner_for_authorization
+from app.serving.backends import ModelRef
+from app.serving.lookup import LookupCache
+
+
+def model_ref(row: TrainedModel, artifact_dir: Path) -> ModelRef:
+    """What serving needs of a model's row: its id, artifact folder and model.json."""
+    return ModelRef(row.id, models_service.model_folder(row, artifact_dir), row.meta)
+
+
+def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[str, ModelRef]:
+    """(owner, model) for a prediction; UnauthorizedError or NotFoundError otherwise."""
+    with get_sessionmaker()() as session:
+        owner = owner_for_authorization(session, authorization)
+        row = models_service.get_owned(session, owner, model_id)
+        return owner, model_ref(row, artifact_dir)
+
+
+async def authorized_ref(
+    lookups: LookupCache, authorization: str, *, model_id: str, artifact_dir: Path
+) -> tuple[str, ModelRef]:
+    """`lookup`, answered from `lookups` when this key was allowed this model moments ago."""
+    hit = lookups.get(authorization, model_id)
+    if hit is not None:
+        return hit
+    owner, ref = await run_in_threadpool(
+        lookup, authorization, model_id=model_id, artifact_dir=artifact_dir
+    )
+    lookups.put(authorization, model_id, owner, ref)
+    return owner, ref

@@ -1,0 +1,61 @@
+"""What every stage of a running job is handed: the job's context, and how it ends.
+
+`JobContext` carries the job's identity, settings, device, cancel control, event
+reporter, checkpoint store and database lookups; `JobOutcome` is what a successful job
+hands back to the worker's final transaction; `JobFailedError` is a failure with a code
+and a message the user can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.config import Settings
+from app.core.datasets import InMemoryData
+from app.schemas.job_spec import DatasetRef
+from worker.checkpoints import CheckpointStore
+from worker.control import JobControl
+from worker.data import load_dataset
+from worker.events import Reporter
+from worker.export import ExportedModel
+from worker.lookups import Lookups
+
+
+class JobFailedError(RuntimeError):
+    """A failure with a code and a message the user can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    owner: str
+    name: str | None
+    settings: Settings
+    device: torch.device
+    control: JobControl
+    reporter: Reporter
+    store: CheckpointStore
+    lookups: Lookups
+
+    def load_data(self, ref: DatasetRef, *, seed: int) -> InMemoryData:
+        """A dataset reference, loaded with its filters (an upload read from the store)."""
+        uploaded = self.lookups.dataset_path(ref.id) if ref.id is not None else None
+        return load_dataset(
+            ref, data_root=self.settings.data_root, seed=seed, uploaded_path=uploaded
+        )
+
+
+@dataclass
+class JobOutcome:
+    """What a successful job hands back to the worker for the final transaction."""
+
+    model: ExportedModel | None
+    metrics: dict[str, Any]
+    report: dict[str, Any] | None = None

@@ -1,0 +1,85 @@
+"""One batched inference loop for the worker: a network's outputs over a whole dataset.
+
+Used for evaluation (accuracy, loss), for the teacher's cached outputs (logits and hint
+features, optionally of augmented views) and for agreement with the teacher during
+distillation. Runs under inference_mode, in eval mode (the previous mode is restored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from app.core.datasets import InMemoryData
+from worker.control import JobControl
+
+
+class FeatureHook:
+    """Keeps the output of one module from the latest forward pass."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.value: torch.Tensor | None = None
+        module = model.get_submodule(name)
+        self.handle = module.register_forward_hook(self._store)
+
+    def _store(self, _module: nn.Module, _inputs: object, output: object) -> None:
+        self.value = output if isinstance(output, torch.Tensor) else output[0]  # type: ignore[index]
+
+    def take(self) -> torch.Tensor:
+        if self.value is None:
+            raise RuntimeError("the hooked layer did not run in the forward pass")
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@dataclass
+class Outputs:
+    """A network's logits (and one layer's features) for every sample of a dataset."""
+
+    logits: torch.Tensor  # [N, K] float32, on the device
+    features: torch.Tensor | None = None  # [N, ...] float32, or None
+
+
+@torch.inference_mode()
+def outputs(
+    model: nn.Module,
+    data: InMemoryData,
+    *,
+    device: torch.device,
+    batch_size: int,
+    control: JobControl | None = None,
+    feature_layer: str | None = None,
+    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Outputs:
+    """One pass of `model` over `data` in batches of `batch_size`; `feature_layer` also
+    keeps that module's output, `transform(x, idx)` makes augmented views first."""
+    was_training = model.training
+    model.eval().to(device)
+    hook = FeatureHook(model, feature_layer) if feature_layer else None
+    logits, features = [], []
+    try:
+        for start in range(0, len(data), batch_size):
+            if control is not None:
+                control.check()
+            stop = min(len(data), start + batch_size)
+            x = data.x[start:stop].to(device, non_blocking=True).float()
+            if transform is not None:
+                x = transform(x, torch.arange(start, stop))
+            logits.append(model(x).float())
+            if hook is not None:
+                features.append(hook.take().float())
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was_training)
+    empty = torch.zeros(0, 0, device=device)
+    return Outputs(
+        logits=torch.cat(logits) if logits else empty,
+        features=torch.cat(features) if features else None,
+    )

@@ -1,0 +1,261 @@
+"""The four job kinds, each a sequence of stages: `train`, `distill`, `finetune`, and the
+full `pipeline` (teacher -> student -> target, with the optional size search and
+baseline). Each ends by exporting the served model and returning a `JobOutcome`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from app.core.datasets import InMemoryData
+from app.core.devices import serving_device
+from app.schemas.job_spec import (
+    DistillJobSpec,
+    FinetuneJobSpec,
+    ModelSpec,
+    PipelineJobSpec,
+    SizeSearch,
+    TrainJobSpec,
+    default_evaluate,
+)
+from worker.build import Trained, build_model, retarget, same_classes
+from worker.context import JobContext, JobFailedError, JobOutcome
+from worker.distill import distill
+from worker.export import export_model
+from worker.report import comparison, figures, serving_figures
+from worker.size_search import budget_violation, choose_candidate, has_budget
+from worker.sources import ModelSource, resolve_source
+from worker.stages import finetune, obtain_teacher, train_from_scratch
+from worker.train import evaluate
+
+log = logging.getLogger(__name__)
+
+AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec
+
+
+def run_job_kind(ctx: JobContext, spec: AnySpec, *, model_id: str) -> JobOutcome:
+    """Dispatch on the spec's kind."""
+    if isinstance(spec, TrainJobSpec):
+        return run_train(ctx, spec, model_id=model_id)
+    if isinstance(spec, DistillJobSpec):
+        return run_distill(ctx, spec, model_id=model_id)
+    if isinstance(spec, FinetuneJobSpec):
+        return run_finetune(ctx, spec, model_id=model_id)
+    if isinstance(spec, PipelineJobSpec):
+        return run_pipeline(ctx, spec, model_id=model_id)
+    raise JobFailedError("bad_spec", f"unknown job kind {getattr(spec, 'kind', None)!r}")
+
+
+def run_train(ctx: JobContext, spec: TrainJobSpec, *, model_id: str) -> JobOutcome:
+    """Supervised training of `spec.model` on `spec.train`, evaluated on `spec.evaluate`."""
+    data = ctx.load_data(spec.train.dataset, seed=spec.seed)
+    eval_data = _eval_data(ctx, spec, spec.train.dataset)
+    trained = train_from_scratch(
+        ctx, spec.model, spec.train, data=data, eval_data=eval_data, seed=spec.seed, stage="train"
+    )
+    return _outcome(ctx, trained, eval_data, model_id=model_id)
+
+
+def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobOutcome:
+    distill_data = ctx.load_data(spec.distill.dataset, seed=spec.seed)
+    source = resolve_source(ctx.lookups, spec.teacher)
+    teacher = obtain_teacher(ctx, source, data=distill_data, seed=spec.seed)
+    student = distill(ctx, teacher, spec.student, spec.distill, seed=spec.seed)
+    eval_data = _eval_data(ctx, spec, spec.distill.dataset)
+    report = _comparison(
+        ctx, teacher, _figures(ctx, student, eval_data), eval_data, strategy=None, seed=spec.seed
+    )
+    return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
+
+
+def run_finetune(ctx: JobContext, spec: FinetuneJobSpec, *, model_id: str) -> JobOutcome:
+    data = ctx.load_data(spec.finetune.dataset, seed=spec.seed)
+    eval_data = _eval_data(ctx, spec, spec.finetune.dataset)
+    source = resolve_source(ctx.lookups, spec.model)
+    num_classes = data.num_classes if source.num_classes is None else source.num_classes
+    net, config = build_model(
+        source, data, num_classes, seed=spec.seed, torch_home=ctx.settings.torch_home
+    )
+    if source.trained_here:
+        model = Trained(net.to(ctx.device), config, data.class_names, data.task)
+    else:
+        names = source.class_names or [str(i) for i in range(config.num_classes)]
+        model = Trained(net.to(ctx.device), config, names, source.task)
+    teacher = None
+    if spec.teacher is not None:
+        teacher_source = resolve_source(ctx.lookups, spec.teacher)
+        teacher = obtain_teacher(ctx, teacher_source, data=data, seed=spec.seed)
+    tuned = finetune(
+        ctx, model, spec.finetune, data=data, eval_data=eval_data, teacher=teacher, seed=spec.seed
+    )
+    return _outcome(ctx, tuned, eval_data, model_id=model_id)
+
+
+def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> JobOutcome:
+    """Teacher -> student -> target, in the order `spec.strategy` names."""
+    seed = spec.seed
+    target = ctx.load_data(spec.finetune.dataset, seed=seed)
+    eval_data = _eval_data(ctx, spec, spec.finetune.dataset)
+    distill_data = ctx.load_data(spec.distill.dataset, seed=seed)
+    teacher = obtain_teacher(
+        ctx, resolve_source(ctx.lookups, spec.teacher), data=distill_data, seed=seed
+    )
+    del distill_data  # each stage loads its own, filtered copy
+    if spec.strategy == "finetune_then_distill":
+        # Adapt the teacher to the target first: it then teaches the target's classes.
+        teacher = finetune(
+            ctx,
+            teacher,
+            spec.finetune.model_copy(update={"kd_weight": 0.0}),
+            data=target,
+            eval_data=eval_data,
+            teacher=None,
+            seed=seed,
+            stage="teacher_finetune",
+        )
+    search = spec.student if isinstance(spec.student, SizeSearch) else None
+    candidates = search.candidates if search is not None else [spec.student]
+    assert all(isinstance(c, ModelSpec) for c in candidates)
+
+    entries: list[dict[str, Any]] = []
+    students: list[Trained | None] = []
+    for i, candidate in enumerate(candidates):
+        suffix = f".c{i}" if search is not None else ""
+        entry: dict[str, Any] = {"index": i, "model": candidate.model_dump(exclude_none=True)}
+        if search is not None and has_budget(search.constraints):
+            untrained = _untrained_figures(ctx, candidate, target)
+            reason = budget_violation(untrained, search.constraints)
+            if reason is not None:
+                entries.append({**entry, "skipped": reason, **untrained})
+                students.append(None)
+                continue
+        student = distill(
+            ctx, teacher, candidate, spec.distill, seed=seed, stage=f"distill{suffix}"
+        )
+        kd_teacher = teacher if spec.finetune.kd_weight > 0 else None
+        student = finetune(
+            ctx,
+            student,
+            spec.finetune,
+            data=target,
+            eval_data=eval_data,
+            teacher=kd_teacher,
+            seed=seed,
+            stage=f"finetune{suffix}",
+        )
+        entries.append({**entry, "skipped": None, **_figures(ctx, student, eval_data)})
+        students.append(student)
+
+    chosen, reason, met = choose_candidate(entries, search.constraints if search else None)
+    if chosen is None:
+        raise JobFailedError(
+            "constraints_unmet", f"no student candidate could be trained: {reason}"
+        )
+    student = students[chosen]
+    assert student is not None
+    # The chosen student's figures were measured once, above; the report reuses them.
+    student_figures = {
+        k: v for k, v in entries[chosen].items() if k not in ("index", "model", "skipped")
+    }
+    report = _comparison(
+        ctx, teacher, student_figures, eval_data, strategy=spec.strategy, seed=seed
+    )
+    if search is not None:
+        report["candidates"] = entries
+        report["chosen"] = chosen
+        report["chosen_reason"] = reason
+        report["constraints_met"] = met
+    if spec.baseline:
+        chosen_spec = candidates[chosen].model_copy(update={"source": "scratch"})
+        baseline = train_from_scratch(
+            ctx,
+            chosen_spec,
+            spec.finetune,
+            data=target,
+            eval_data=eval_data,
+            seed=seed,
+            stage="baseline",
+        )
+        report["baseline"] = _figures(ctx, baseline, eval_data)
+        s_acc, b_acc = report["student"]["accuracy"], report["baseline"]["accuracy"]
+        if s_acc is not None and b_acc is not None:
+            report["gain_over_baseline"] = round(s_acc - b_acc, 4)
+    report["stages"] = ctx.store.stage_seconds()
+    return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
+
+
+# --------------------------------------------------------------------------- helpers
+def _eval_data(ctx: JobContext, spec: AnySpec, target: Any) -> InMemoryData:
+    """The evaluation set: the spec's, or the target's test split."""
+    evaluate_spec = spec.evaluate or default_evaluate(target)
+    return ctx.load_data(evaluate_spec.dataset, seed=spec.seed)
+
+
+def _figures(ctx: JobContext, trained: Trained, eval_data: InMemoryData | None) -> dict[str, Any]:
+    return figures(
+        trained,
+        eval_data,
+        device=ctx.device,
+        latency_device=serving_device(ctx.settings.serving_device),
+    )
+
+
+def _untrained_figures(ctx: JobContext, spec: ModelSpec, data: InMemoryData) -> dict[str, Any]:
+    """A candidate's figures before training: enough for its size and latency budgets."""
+    net, config = build_model(ModelSource(spec), data, data.num_classes, seed=0)
+    return _figures(ctx, Trained(net, config, data.class_names, data.task), None)
+
+
+def _comparison(
+    ctx: JobContext,
+    teacher: Trained,
+    student_figures: dict[str, Any],
+    eval_data: InMemoryData,
+    *,
+    strategy: str | None,
+    seed: int,
+) -> dict[str, Any]:
+    """The teacher measured on the evaluation data beside the student's figures."""
+    teacher_here = retarget(
+        teacher, eval_data, teacher.config.num_classes, seed=seed, device=ctx.device, read_only=True
+    )
+    return comparison(
+        _figures(ctx, teacher_here, eval_data),
+        student_figures,
+        eval_samples=len(eval_data),
+        latency_device=serving_device(ctx.settings.serving_device),
+        strategy=strategy,
+    )
+
+
+def _outcome(
+    ctx: JobContext,
+    trained: Trained,
+    eval_data: InMemoryData,
+    *,
+    model_id: str,
+    report: dict[str, Any] | None = None,
+) -> JobOutcome:
+    """Evaluate the served network once more, export it, and hand back the outcome."""
+    metrics: dict[str, Any] = {"eval_samples": len(eval_data)}
+    if same_classes(trained, eval_data):
+        metrics.update(evaluate(trained.net, eval_data, device=ctx.device))
+    net = copy.deepcopy(trained.net).to("cpu").eval()
+    exported = export_model(
+        net,
+        trained.config,
+        model_id=model_id,
+        folder=ctx.settings.artifact_dir / "models" / model_id,
+        class_names=trained.class_names,
+        metrics=metrics,
+        job_id=ctx.job_id,
+        name=ctx.name,
+        task=trained.task,
+    )
+    if report is not None:
+        serving = serving_figures(exported.meta, ctx.settings.serving_backend)
+        if serving is not None:
+            report["student"]["serving"] = serving
+    return JobOutcome(model=exported, metrics=metrics, report=report)

@@ -1,0 +1,152 @@
+"""What each stage optimises: an `Objective` maps (model, inputs, labels, sample indices)
+to (loss, logits). The one fit loop (worker/train.py) calls it every step.
+
+- `supervised`: cross-entropy on class labels, the squared error on regression targets
+  (teacher training, `train` jobs, baselines);
+- `DistillObjective`: the registered distillation loss (app/core/losses.py) between
+  student and teacher, plus hard labels where they are the teacher's classes;
+- `FinetuneObjective`: the target loss L_T, plus an optional soft-target term.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.core.losses import HintAdapter, get_loss, hint_mse, soft_target_kl, squared_error
+from app.schemas.job_spec import DistillLossSpec, FinetuneStage
+from worker.context import JobFailedError
+from worker.inference import FeatureHook
+from worker.teacher_outputs import TeacherOutputs, ViewSchedule
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def supervised(label_smoothing: float = 0.0) -> Objective:
+    """Supervised training: cross-entropy on class labels, the squared error on float
+    regression targets (decided by the labels' dtype)."""
+
+    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor):
+        if y is None:
+            raise JobFailedError(
+                "unlabelled_data", "this stage needs labels, and its dataset has none"
+            )
+        logits = model(x)
+        if y.is_floating_point():
+            return squared_error(logits, y), logits
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return objective
+
+
+class DistillObjective:
+    """The distill stage's loss: `loss.type` between student and teacher, plus hard labels.
+
+    With `alpha` < 1 and labels whose classes are the teacher's, the hard-label
+    cross-entropy gets weight 1 - alpha; without usable labels the loss is pure
+    distillation (alpha taken as 1). A loss with features (hint) adds `hint_weight` times
+    the feature term through the learned adapter.
+    """
+
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module,
+        loss: DistillLossSpec,
+        use_labels: bool,
+        cache: TeacherOutputs | None,
+        adapter: HintAdapter | None = None,
+        student_hook: FeatureHook | None = None,
+        teacher_hook: FeatureHook | None = None,
+        views: ViewSchedule | None = None,
+    ) -> None:
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.spec = loss
+        self.loss = get_loss(loss.type)
+        self.use_labels = use_labels
+        self.cache = cache
+        self.adapter = adapter
+        self.student_hook = student_hook
+        self.teacher_hook = teacher_hook
+        self.views = views
+
+    def teacher_outputs(
+        self, x: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache is not None:
+            rows = idx.to(self.cache.logits.device)
+            if self.views is not None:
+                rows = self.views.rows(rows)
+            feats = None if self.cache.features is None else self.cache.features[rows]
+            return self.cache.logits[rows], feats
+        with torch.no_grad():
+            logits = self.teacher(x)
+        feats = self.teacher_hook.take() if self.teacher_hook is not None else None
+        return logits, feats
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.views is not None:
+            x = self.views.apply(x, idx)
+        t_logits, t_feats = self.teacher_outputs(x, idx)
+        s_logits = model(x)
+        spec = self.spec
+        kd = self.loss.logits(s_logits, t_logits, spec)
+        alpha = spec.alpha if (self.use_labels and y is not None) else 1.0
+        loss = alpha * kd
+        if alpha < 1.0:
+            loss = loss + (1.0 - alpha) * F.cross_entropy(s_logits, y)
+        if self.loss.features:
+            assert (
+                self.adapter is not None and self.student_hook is not None and t_feats is not None
+            )
+            adapted = self.adapter(self.student_hook.take())
+            loss = loss + spec.hint_weight * hint_mse(adapted, self.adapter.target(t_feats))
+        return loss, s_logits
+
+
+class FinetuneObjective:
+    """L_T on the target labels (cross-entropy, or the squared error to one-hot targets;
+    the squared error for regression targets), plus `kd_weight` times the soft-target
+    term from a teacher that predicts the same classes."""
+
+    def __init__(
+        self, stage: FinetuneStage, teacher: nn.Module | None, cache: torch.Tensor | None
+    ) -> None:
+        self.stage = stage
+        self.teacher = teacher.eval() if teacher is not None else None
+        self.cache = cache
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        if y is None:
+            raise JobFailedError("unlabelled_data", "fine-tuning needs labels")
+        logits = model(x)
+        if y.is_floating_point():
+            # Regression targets: the squared error, whatever `loss` says (the spec check
+            # refuses cross_entropy for them).
+            task = squared_error(logits, y)
+        elif self.stage.loss == "mse":
+            task = squared_error(logits, F.one_hot(y, logits.shape[1]))
+        else:
+            task = F.cross_entropy(logits, y, label_smoothing=self.stage.label_smoothing)
+        w = self.stage.kd_weight
+        if w == 0 or self.teacher is None:
+            return task, logits
+        if self.cache is not None:
+            t_logits = self.cache[idx.to(self.cache.device)]
+        else:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+        return (1 - w) * task + w * soft_target_kl(logits, t_logits, self.stage.temperature), logits
