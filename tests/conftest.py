@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from app.config import get_settings
 from app.db import reset_engines
 from app.migrate import upgrade_head
+from tests.helpers import tiny_train_spec
 
 PG_ADMIN_URL = os.environ.get(
     "STILLHOUSE_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -142,17 +143,7 @@ def bob(env: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key('bob')}"}
 
 
-# A training job small enough to finish in a second or two on one core.
-TINY_TRAIN_SPEC = {
-    "kind": "train",
-    "name": "tiny",
-    "model": {"arch": "small_cnn", "width": 0.25},
-    "train": {"dataset": {"name": "digits", "classes": [0, 1, 2]}, "epochs": 2, "batch_size": 64},
-}
-
-
 @pytest.fixture
 def tiny_spec() -> dict:
-    import copy
-
-    return copy.deepcopy(TINY_TRAIN_SPEC)
+    """A training job small enough to finish in a second or two on one core (a fresh copy)."""
+    return tiny_train_spec()

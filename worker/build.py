@@ -32,18 +32,41 @@ class Trained:
     task: str = "classification"
 
 
-def config_for_data(spec: ModelSpec, data: InMemoryData, num_classes: int) -> NetworkConfig:
-    """A fresh network's config: the data's channels, size, scale and statistics."""
-    mean, std = data.channel_stats()
-    assert spec.arch is not None
+def config_for(
+    arch: str,
+    *,
+    data: InMemoryData,
+    num_classes: int,
+    width: float,
+    input_size: int | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> NetworkConfig:
+    """A network's config for `data` (its channels, size and scale), with the
+    normalisation the weights expect (None: none, inputs are only divided by the scale)."""
     return NetworkConfig(
-        arch=spec.arch,
+        arch=arch,
         num_classes=num_classes,
         in_channels=data.channels,
         image_size=data.image_size,
+        width=width,
+        input_size=input_size,
+        scale=data.scale,
+        mean=mean,
+        std=std,
+    )
+
+
+def config_for_data(spec: ModelSpec, data: InMemoryData, num_classes: int) -> NetworkConfig:
+    """A fresh network's config: normalised by the data's own statistics."""
+    mean, std = data.channel_stats()
+    assert spec.arch is not None
+    return config_for(
+        spec.arch,
+        data=data,
+        num_classes=num_classes,
         width=spec.width,
         input_size=spec.input_size,
-        scale=data.scale,
         mean=mean,
         std=std,
     )
@@ -63,14 +86,12 @@ def adapt_config(source: NetworkConfig, data: InMemoryData, num_classes: int) ->
     mean, std = source.mean, source.std
     if data.channels == 1 and source.in_channels == 3 and mean and std:
         mean, std = [sum(mean) / 3], [sum(std) / 3]
-    return NetworkConfig(
-        arch=source.arch,
+    return config_for(
+        source.arch,
+        data=data,
         num_classes=num_classes,
-        in_channels=data.channels,
-        image_size=data.image_size,
         width=source.width,
         input_size=source.input_size,
-        scale=data.scale,
         mean=mean,
         std=std,
     )
@@ -127,17 +148,16 @@ def build_model(
             data_mean, data_std = data.channel_stats()
             repeat = in_channels if len(data_mean) == 1 else 1
             mean, std = data_mean * repeat, data_std * repeat
-        stored = NetworkConfig(
-            arch=ckpt.arch,
+        stored = config_for(
+            ckpt.arch,
+            data=data,
             num_classes=ckpt.num_classes,
-            in_channels=in_channels,
-            image_size=data.image_size,
             width=float(ckpt.meta.get("width", 1.0)),
             input_size=spec.input_size or ckpt.meta.get("input_size"),
-            scale=data.scale,
             mean=mean,
             std=std,
         )
+        stored.in_channels = in_channels  # what the weights take; adapt_config checks the data
         config = adapt_config(stored, data, ckpt.num_classes)
         net = build_network(config)
         load_weights(net, load_file(str(ckpt.path)), what=f"checkpoint {ckpt.id}")
@@ -164,14 +184,12 @@ def _pretrained_torchvision(
     mean, std = list(transforms.mean), list(transforms.std)
     if data.channels == 1:
         mean, std = [sum(mean) / 3], [sum(std) / 3]
-    config = NetworkConfig(
-        arch=spec.arch,
+    config = config_for(
+        spec.arch,
+        data=data,
         num_classes=num_classes,
-        in_channels=data.channels,
-        image_size=data.image_size,
         width=spec.width,
         input_size=spec.input_size,
-        scale=data.scale,
         mean=mean,
         std=std,
     )

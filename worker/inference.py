@@ -16,6 +16,9 @@ from torch import nn
 from app.core.datasets import InMemoryData
 from worker.control import JobControl
 
+# A view of a batch (x, sample indices) -> x, e.g. an augmentation replayed per sample.
+Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 class FeatureHook:
     """Keeps the output of one module from the latest forward pass."""
@@ -55,7 +58,7 @@ def outputs(
     batch_size: int,
     control: JobControl | None = None,
     feature_layer: str | None = None,
-    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    transform: Transform | None = None,
 ) -> Outputs:
     """One pass of `model` over `data` in batches of `batch_size`; `feature_layer` also
     keeps that module's output, `transform(x, idx)` makes augmented views first."""

@@ -17,7 +17,7 @@ from torch import nn
 from app.core.datasets import InMemoryData
 from worker.augment import crop_batch, crop_pad
 from worker.control import JobControl
-from worker.inference import Outputs, outputs
+from worker.inference import Outputs, Transform, outputs
 
 # Teacher batch size for the cache pass. A GPU wants large batches; on a CPU the
 # activations of large ones fall out of cache (resnet18 at 64 px: 2.3 s for digits at
@@ -41,28 +41,21 @@ def compute_teacher_outputs(
 ) -> TeacherOutputs:
     """The teacher's outputs for every sample, or with `views` for every sample in each
     of the schedule's views (view after view: row v * N + i is view v of sample i)."""
-    batch_size = CACHE_BATCH_SIZE.get(device.type, 64)
-    if views is None:
+
+    def one_pass(transform: Transform | None = None) -> TeacherOutputs:
         return outputs(
             teacher,
             data,
             device=device,
-            batch_size=batch_size,
+            batch_size=CACHE_BATCH_SIZE.get(device.type, 64),
             control=control,
             feature_layer=feature_layer,
+            transform=transform,
         )
-    parts = [
-        outputs(
-            teacher,
-            data,
-            device=device,
-            batch_size=batch_size,
-            control=control,
-            feature_layer=feature_layer,
-            transform=lambda x, idx, v=v: views.apply(x, idx, view=v),
-        )
-        for v in range(views.views)
-    ]
+
+    if views is None:
+        return one_pass()
+    parts = [one_pass(lambda x, idx, v=v: views.apply(x, idx, view=v)) for v in range(views.views)]
     features = [p.features for p in parts if p.features is not None]
     return TeacherOutputs(
         logits=torch.cat([p.logits for p in parts]),

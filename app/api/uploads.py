@@ -17,18 +17,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Annotated, Any, TypeVar
 
+from fastapi import Depends
 from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from app.api.body_limit import BodyLimit, check_declared, limited_stream, upload_limit
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
 from app.api.errors import ProblemError, invalid, validation_errors
+from app.api.responses import problems
+from app.config import Settings
 from app.models.base import new_id
 from app.services.errors import field_error
 from app.services.upload_rules import FILE_FIELD
@@ -227,13 +233,75 @@ def parse_form(model: type[FormT], fields: dict[str, str]) -> FormT:
         raise invalid(validation_errors(list(exc.errors()))) from None
 
 
-async def store_upload(
-    request: Request, *, dest_dir: Path, store: Callable[[ReceivedUpload], T]
-) -> T:
-    """Receive the upload into `dest_dir`, then run `store(upload)` (the service: check,
-    move into place, record) in a thread; the spooled file is gone afterwards either way."""
-    async with receive_upload(request, dest_dir=dest_dir) as upload:
-        return await run_in_threadpool(store, upload)
+@dataclass
+class UploadRoute:
+    """What an upload route works with: the request, the caller, a write session for the
+    service, and the settings. The key lookup's session is closed before the upload
+    streams in, so that a long upload holds no pooled connection for it."""
+
+    request: Request
+    response: Response
+    owner: str
+    session: Session
+    settings: Settings
+
+    async def store(self, folder: str, store: Callable[[ReceivedUpload], T]) -> T:
+        """Receive the upload into the artifact dir's `folder`, run `store(upload)` (the
+        service: check, move into place, record) in a thread, and point `Location` at the
+        new row; the spooled file is gone afterwards either way."""
+        dest_dir = self.settings.artifact_dir / folder
+        async with receive_upload(self.request, dest_dir=dest_dir) as upload:
+            row = await run_in_threadpool(store, upload)
+        self.response.headers["Location"] = f"{self.request.url.path}/{row.id}"  # type: ignore[attr-defined]
+        return row
+
+
+def upload_route(
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    auth_session: SessionDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+) -> UploadRoute:
+    auth_session.close()
+    return UploadRoute(request, response, owner, session, settings)
+
+
+UploadDep = Annotated[UploadRoute, Depends(upload_route)]
+
+
+def upload_openapi(
+    file_description: str, *, required: tuple[str, ...] = (), fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route: the `file` part and its form fields."""
+    file_part = {"type": "string", "format": "binary", "description": file_description}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FILE_FIELD, *required],
+                        "properties": {FILE_FIELD: file_part, **fields},
+                    }
+                }
+            },
+        }
+    }
+
+
+def upload_errors(invalid_file: str) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an upload route; `invalid_file` says how a 422 names the fault."""
+    return problems(
+        400,
+        401,
+        413,
+        415,
+        422,
+        custom={400: "Malformed multipart body", 415: "Not multipart/form-data", 422: invalid_file},
+    )
 
 
 async def image_files(

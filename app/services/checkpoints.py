@@ -334,13 +334,7 @@ def create_checkpoint(
         path=f"checkpoints/{checkpoint_id}.safetensors",
         created_at=utcnow(),
     )
-    try:
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        final.unlink(missing_ok=True)
-        raise
+    owned.record_with_files(session, row, files=final)
     log.info(
         "checkpoint %s (%s, %d classes) stored for %s",
         checkpoint_id,

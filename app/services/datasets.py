@@ -160,14 +160,7 @@ def create_dataset(
         path=rel_path,
         created_at=utcnow(),
     )
-    try:
-        session.add(row)
-        session.commit()
-    except BaseException:
-        # The row is the only way to find the file: without it the file would be an orphan.
-        session.rollback()
-        (artifact_dir / rel_path).unlink(missing_ok=True)
-        raise
+    owned.record_with_files(session, row, files=artifact_dir / rel_path)
     log.info(
         "dataset %s (%s, %d samples, shape %s) stored for %s",
         dataset_id,

@@ -25,11 +25,10 @@ from app.services.upload_rules import (
     IMAGE_SUFFIXES,
     MAX_CLASS_NAME_CHARS,
     MAX_CLASSES,
-    MAX_SIDE,
     MAX_SOURCE_PIXELS,
-    MIN_SIDE,
     READ_ERRORS,
     ValidatedData,
+    check_stored_side,
     reject,
     too_much,
 )
@@ -144,17 +143,7 @@ def _common_side(entries: list[_ImageEntry]) -> int:
                 f"{w1}x{h1}; send image_size to resize them all to one size"
             )
     w, h = first.size
-    if w != h:
-        reject(
-            f"{first.path}: images are {w}x{h} (width x height); they must be square, or "
-            f"send image_size to resize them"
-        )
-    if not MIN_SIDE <= w <= MAX_SIDE:
-        reject(
-            f"{first.path}: images are {w}x{h}; sides from {MIN_SIDE} to {MAX_SIDE} pixels "
-            f"are accepted (send image_size to resize them)"
-        )
-    return w
+    return check_stored_side(first.path, w, h, "width x height")
 
 
 def _pixels(img: Image.Image, *, grey: bool, side: int) -> np.ndarray:

@@ -22,13 +22,13 @@ from app.services.upload_rules import (
     FORMAT_NPZ,
     MAX_CLASS_NAME_CHARS,
     MAX_CLASSES,
-    MAX_SIDE,
     MAX_SOURCE_PIXELS,
     MAX_TARGETS,
     MIN_SIDE,
     NPZ_KEYS,
     READ_ERRORS,
     ValidatedData,
+    check_stored_side,
     reject,
     too_much,
 )
@@ -159,16 +159,7 @@ def _check_x_header(shape: tuple[int, ...], dtype: np.dtype[Any], image_size: in
     if shape[0] < 1:
         reject("x: holds no samples (N is 0)")
     if image_size is None:
-        if h != w:
-            reject(
-                f"x: images are {h}x{w} (H x W); they must be square, or send image_size "
-                f"to resize them"
-            )
-        if not MIN_SIDE <= h <= MAX_SIDE:
-            reject(
-                f"x: images are {h}x{w}; sides from {MIN_SIDE} to {MAX_SIDE} pixels are "
-                f"accepted (send image_size to resize them)"
-            )
+        check_stored_side("x", h, w, "H x W")
     elif min(h, w) < MIN_SIDE or h * w > MAX_SOURCE_PIXELS:
         reject(
             f"x: images are {h}x{w}; sides of at least {MIN_SIDE} and at most "

@@ -1,5 +1,5 @@
 """Rows scoped to an owner, shared by jobs, datasets, checkpoints and models: find one,
-list a page, and delete one that no unfinished job uses.
+list a page, record one with its files, and delete one that no unfinished job uses.
 
 Another owner's row answers exactly like a missing one (404, never 403): the query
 filters on the owner, so it cannot tell them apart either.
@@ -75,6 +75,18 @@ def list_owned(
         session.execute(paginate(stmt, model, page_size=page_size, page_token=page_token)).scalars()
     )
     return next_token(rows, page_size)
+
+
+def record_with_files(session: Session, row: Any, *, files: Path) -> None:
+    """Commit a new row whose files already lie in place. The row is the only way to find
+    them: if the commit fails, the files go too, rather than stay as orphans."""
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        remove_path(files)
+        raise
 
 
 def delete_unused(

@@ -44,6 +44,7 @@ from app.services import owned
 
 AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec
 Row = TypeVar("Row", Dataset, Checkpoint, TrainedModel)
+SpecT = TypeVar("SpecT", TrainJobSpec, DistillJobSpec, FinetuneJobSpec, PipelineJobSpec)
 
 
 @dataclass
@@ -163,27 +164,33 @@ class SpecChecker:
         return data
 
     # -------------------------------------------------------------------- models
-    def model(self, spec: ModelSpec, where: str) -> ResolvedModel:
+    def stored_model(self, spec: ModelSpec, where: str) -> Checkpoint | TrainedModel | None:
+        """The checkpoint or model a spec starts from, or None (the error is recorded)."""
+        model: type[Checkpoint] | type[TrainedModel]
         if spec.source == "checkpoint":
-            row = self.referenced(Checkpoint, spec.checkpoint_id)
+            model, what, id_ = Checkpoint, "checkpoint", spec.checkpoint_id
+        else:
+            model, what, id_ = TrainedModel, "model", spec.model_id
+        row = self.referenced(model, id_)
+        if row is None:
+            self.error(f"{where}.{what}_id", f"no {what} {id_!r}")
+            return None
+        if spec.arch is not None and spec.arch != row.arch:
+            self.error(f"{where}.arch", f"the {what} is a {row.arch}")
+        return row
+
+    def model(self, spec: ModelSpec, where: str) -> ResolvedModel:
+        if spec.source in ("checkpoint", "model"):
+            row = self.stored_model(spec, where)
             if row is None:
-                self.error(f"{where}.checkpoint_id", f"no checkpoint {spec.checkpoint_id!r}")
                 return ResolvedModel(None, None, None)
-            if spec.arch is not None and spec.arch != row.arch:
-                self.error(f"{where}.arch", f"the checkpoint is a {row.arch}")
-            return ResolvedModel(row.arch, row.num_classes, (row.meta or {}).get("in_channels"))
-        if spec.source == "model":
-            row = self.referenced(TrainedModel, spec.model_id)
-            if row is None:
-                self.error(f"{where}.model_id", f"no model {spec.model_id!r}")
-                return ResolvedModel(None, None, None)
-            if spec.arch is not None and spec.arch != row.arch:
-                self.error(f"{where}.arch", f"the model is a {row.arch}")
-            network = row.meta.get("network", {})
+            if isinstance(row, Checkpoint):
+                meta = row.meta or {}
+                return ResolvedModel(row.arch, row.num_classes, meta.get("in_channels"))
             return ResolvedModel(
                 row.arch,
                 row.meta.get("num_classes"),
-                network.get("in_channels"),
+                row.meta.get("network", {}).get("in_channels"),
                 row.meta.get("task", "classification"),
             )
         assert spec.arch is not None
@@ -277,6 +284,17 @@ class SpecChecker:
             )
         return evaluate
 
+    def with_evaluation(self, spec: SpecT, target: DatasetRef, data: ResolvedData | None) -> SpecT:
+        """`spec` with its evaluation set filled in, checked to have the classes (or the
+        task) of the target data the served model learns."""
+        evaluate = self.evaluation(
+            spec,
+            target,
+            data.num_classes if data else None,
+            task=data.task if data else None,
+        )
+        return spec.model_copy(update={"evaluate": evaluate})
+
     def finetune_target(self, stage: FinetuneStage, data: ResolvedData | None, where: str) -> None:
         """Regression targets train with the squared error and have no soft targets."""
         if data is None or data.task != "regression":
@@ -297,13 +315,7 @@ class SpecChecker:
         if isinstance(spec, TrainJobSpec):
             self.model(spec.model, "model")
             data = self.labelled_dataset(spec.train.dataset, "train.dataset")
-            evaluate = self.evaluation(
-                spec,
-                spec.train.dataset,
-                data.num_classes if data else None,
-                task=data.task if data else None,
-            )
-            return spec.model_copy(update={"evaluate": evaluate})
+            return self.with_evaluation(spec, spec.train.dataset, data)
         if isinstance(spec, DistillJobSpec):
             teacher = self.model(spec.teacher, "teacher")
             self.model(spec.student, "student")
@@ -328,13 +340,7 @@ class SpecChecker:
                         f"the teacher predicts {k} classes and finetune.dataset has "
                         f"{data.num_classes}; a kd term needs the same classes",
                     )
-            evaluate = self.evaluation(
-                spec,
-                spec.finetune.dataset,
-                data.num_classes if data else None,
-                task=data.task if data else None,
-            )
-            return spec.model_copy(update={"evaluate": evaluate})
+            return self.with_evaluation(spec, spec.finetune.dataset, data)
         return self.check_pipeline(spec)
 
     def check_pipeline(self, spec: PipelineJobSpec) -> PipelineJobSpec:
@@ -381,13 +387,7 @@ class SpecChecker:
                     f"has {target.num_classes}: a kd term needs the same classes (use "
                     "finetune_then_distill, which adapts the teacher to the target first)",
                 )
-        evaluate = self.evaluation(
-            spec,
-            spec.finetune.dataset,
-            target.num_classes if target else None,
-            task=target.task if target else None,
-        )
-        return spec.model_copy(update={"evaluate": evaluate})
+        return self.with_evaluation(spec, spec.finetune.dataset, target)
 
 
 def check_spec(session: Session, owner: str, spec: AnySpec) -> tuple[AnySpec, list[dict[str, str]]]:

@@ -81,3 +81,20 @@ class ValidatedData:
     class_names: list[str]
     format: str
     source: dict[str, Any] = field(default_factory=dict)
+
+
+def check_stored_side(where: str, first: int, second: int, order: str) -> int:
+    """The side of images stored as they came (no `image_size`): they must be square and
+    MIN_SIDE to MAX_SIDE pixels a side. `first` x `second` as the source names its sizes
+    (`order`: "H x W" for arrays, "width x height" for image files)."""
+    if first != second:
+        reject(
+            f"{where}: images are {first}x{second} ({order}); they must be square, or send "
+            f"image_size to resize them"
+        )
+    if not MIN_SIDE <= first <= MAX_SIDE:
+        reject(
+            f"{where}: images are {first}x{second}; sides from {MIN_SIDE} to {MAX_SIDE} pixels "
+            f"are accepted (send image_size to resize them)"
+        )
+    return first

@@ -276,6 +276,18 @@ def _short(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+def json_object(body: bytes, *, expected: str, status: int = 422) -> dict[str, Any]:
+    """A JSON body that must be an object; InputError naming `body` otherwise. `expected`
+    finishes the sentence "must be a JSON object...": what the object holds."""
+    try:
+        data = loads_json(body)
+    except (ValueError, RecursionError) as exc:
+        raise InputError("body", f"is not valid JSON ({exc})", status=status) from None
+    if not isinstance(data, dict):
+        raise InputError("body", f"must be a JSON object{expected}", status=status)
+    return data
+
+
 def loads_json(body: bytes) -> object:
     """Parse a JSON body fast (orjson: a 3x32x32 float image in 0.15 ms, json takes 2 ms).
 

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from app.serving.backends import LoadedModel
-from app.serving.inputs import InputError, Limits, conform, flat_array, loads_json
+from app.serving.inputs import InputError, Limits, conform, flat_array, json_object
 
 MODEL_VERSION = "1"
 OUTPUTS = ("logits", "probabilities")
@@ -89,12 +89,7 @@ def parse_infer(
                 f"is {size} but the body has {len(body)} bytes",
             )
         body, binary = body[:size], body[size:]
-    try:
-        request = loads_json(body)
-    except (ValueError, RecursionError) as exc:
-        raise bad("body", f"is not valid JSON ({exc})") from None
-    if not isinstance(request, dict):
-        raise bad("body", "must be a JSON object with `inputs`")
+    request = json_object(body, expected=" with `inputs`", status=400)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad("id", "must be a string")

@@ -20,7 +20,7 @@ from app.serving.inputs import (
     Limits,
     conform,
     images_to_input,
-    loads_json,
+    json_object,
     nested_array,
 )
 from app.serving.oip import softmax
@@ -41,12 +41,7 @@ async def json_body_inputs(body: bytes, model: LoadedModel, limits: Limits) -> n
 
 
 def json_inputs(body: bytes, model: LoadedModel, limits: Limits) -> np.ndarray:
-    try:
-        data = loads_json(body)
-    except (ValueError, RecursionError) as exc:
-        raise InputError("body", f"is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError("body", 'must be a JSON object: {"inputs": [...]}')
+    data = json_object(body, expected=': {"inputs": [...]}')
     unknown = sorted(set(data) - {"inputs"})
     if unknown:
         raise InputError(unknown[0], 'is an unknown field; the body is {"inputs": [...]}')

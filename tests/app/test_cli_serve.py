@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import free_port
+
 BIN = Path(sys.executable).parent / "stillhouse"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -38,7 +33,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigterm_to_serve_stops_its_worker(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STILLHOUSE_")}
     env |= {
         "STILLHOUSE_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
@@ -82,7 +77,7 @@ def test_sigterm_to_serve_stops_its_worker(tmp_path):
 
 def test_client_commands_fail_with_a_message_not_a_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STILLHOUSE_")}
-    env |= {"STILLHOUSE_API_URL": f"http://127.0.0.1:{_free_port()}", "STILLHOUSE_API_KEY": "k"}
+    env |= {"STILLHOUSE_API_URL": f"http://127.0.0.1:{free_port()}", "STILLHOUSE_API_KEY": "k"}
     for args, words in (
         (["status", "some-job"], "cannot reach the API"),
         (["predict", "some-model", str(tmp_path / "missing.png")], "missing.png"),

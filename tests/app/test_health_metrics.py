@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from app.core import job_states
 from app.db import get_write_engine, reset_engines
 from app.models import Job, JobState
 from app.models.base import utcnow
+from tests.helpers import free_port
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,12 +41,6 @@ def test_live_and_ready_need_no_key(client):
 def test_operations_routes_need_no_key(client):
     for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 200, path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -74,7 +68,7 @@ def unreachable_client(
         # A file that opens but was never migrated.
         lambda tmp: f"sqlite:///{tmp}/empty.db",
         # A Postgres port nothing listens on.
-        lambda tmp: f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/stillhouse",
+        lambda tmp: f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/stillhouse",
     ],
     ids=["sqlite-no-dir", "sqlite-not-migrated", "postgres-closed-port"],
     indirect=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from alembic import command
 from app.db import make_engine
@@ -17,7 +18,7 @@ from app.migrate import alembic_config, upgrade_head
 from app.models import Base
 from tests.conftest import _postgres_database
 
-TABLES = {"jobs", "job_events", "models", "api_keys", "datasets", "checkpoints"}
+TABLES = {"jobs", "job_events", "job_inputs", "models", "api_keys", "datasets", "checkpoints"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -85,3 +86,37 @@ def test_migrations_form_one_line():
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1, "two heads: merge them"
     assert len(script.get_bases()) == 1
+
+
+def test_job_inputs_are_backfilled_from_the_stored_specs(scratch_url):
+    """Jobs stored before 0002 get their inputs from their specs, once, on upgrade."""
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0001")
+    spec = {
+        "kind": "pipeline",
+        "teacher": {"source": "checkpoint", "checkpoint_id": "ckpt-1"},
+        "student": {"candidates": [{"source": "model", "model_id": "model-1"}, {"arch": "x"}]},
+        "distill": {"dataset": {"id": "data-1", "split": "train"}},
+        "finetune": {"dataset": {"name": "digits", "id": None}},
+    }
+    engine = make_engine(scratch_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, owner, kind, state, spec, attempts, max_attempts, "
+                    "cancel_requested, created_at, updated_at) VALUES ('job-1', 'alice', "
+                    "'pipeline', 'QUEUED', :spec, 0, 3, false, :now, :now)"
+                ),
+                {"spec": json.dumps(spec), "now": "2026-01-01 00:00:00"},
+            )
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT job_id, kind, ref_id FROM job_inputs")).all()
+    finally:
+        engine.dispose()
+    assert sorted(tuple(r) for r in rows) == [
+        ("job-1", "checkpoint", "ckpt-1"),
+        ("job-1", "dataset", "data-1"),
+        ("job-1", "model", "model-1"),
+    ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,14 +24,9 @@ from tritonclient.utils import InferenceServerException
 from app.core.network import NetworkConfig, build_network
 from tests.app.serving import factory
 from tests.app.serving.factory import install_model
+from tests.helpers import free_port
 
 student_folder = factory.student_folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def server(env) -> Iterator[str]:
 
     from app.main import app
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)

@@ -13,14 +13,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -28,8 +26,8 @@ from sqlalchemy import create_engine, select, text
 
 from app.models import JobEvent
 from tests.conftest import _empty
+from tests.helpers import free_port, wait_for
 
-T = TypeVar("T")
 BIN = Path(sys.executable).parent
 # Process start-up imports torch: seconds, more on a busy 2-core machine.
 START_TIMEOUT = 90.0
@@ -45,46 +43,6 @@ BASE_ENV = {
     "STILLHOUSE_DEVICE": "cpu",
     "STILLHOUSE_LOG_LEVEL": "INFO",
 }
-
-# A job that finishes in well under a second of training.
-TINY_SPEC: dict[str, Any] = {
-    "kind": "train",
-    "name": "tiny",
-    "model": {"arch": "small_cnn", "width": 0.25},
-    "train": {
-        "dataset": {"name": "digits", "classes": [0, 1], "samples_per_class": 20},
-        "epochs": 1,
-        "batch_size": 16,
-    },
-}
-
-
-def long_spec(epochs: int) -> dict[str, Any]:
-    """About a third of a second per epoch on one core: long enough to cancel or kill."""
-    return {
-        "kind": "train",
-        "name": f"long-{epochs}",
-        "model": {"arch": "small_cnn", "width": 0.25},
-        "train": {"dataset": {"name": "digits"}, "epochs": epochs, "batch_size": 16},
-    }
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, on_fail: str = "") -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.conftest import TINY_SPEC, Event, Stack, long_spec, wait_for
+from tests.e2e.conftest import Event, Stack
+from tests.helpers import long_train_spec, tiny_pipeline_spec, tiny_train_spec, wait_for
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# A job that finishes in well under a second of training.
+TINY_SPEC = tiny_train_spec(classes=[0, 1], samples_per_class=20, epochs=1, batch_size=16)
 
 
 def states(events: list[Event]) -> list[str]:
@@ -97,23 +100,7 @@ def test_cli_submit_wait(stack: Stack):
     assert bad.returncode == 1 and "401" in bad.stderr
 
 
-PIPELINE_SPEC = {
-    "kind": "pipeline",
-    "name": "e2e-pipeline",
-    "baseline": True,
-    "teacher": {
-        "source": "train",
-        "arch": "small_cnn",
-        "train": {"dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "epochs": 2},
-    },
-    "student": {"arch": "small_cnn", "width": 0.25},
-    "distill": {"dataset": {"name": "digits", "labels": False}, "epochs": 2},
-    "finetune": {
-        "dataset": {"name": "digits", "classes": [5, 6, 7, 8, 9], "samples_per_class": 10},
-        "epochs": 3,
-        "batch_size": 10,
-    },
-}
+PIPELINE_SPEC = tiny_pipeline_spec(name="e2e-pipeline", baseline=True, finetune_batch_size=10)
 
 
 def test_pipeline_end_to_end_over_http(stack: Stack):
@@ -145,20 +132,35 @@ def test_pipeline_end_to_end_over_http(stack: Stack):
     assert [p["label"] in model["classes"] for p in predicted.json()["predictions"]] == [True, True]
 
 
+# Thirty distill epochs of under a tenth of a second each: time to kill a worker mid-stage.
+RESUME_SPEC = tiny_pipeline_spec(
+    name="resume-me", distill_epochs=30, finetune_samples_per_class=5, finetune_epochs=2
+)
+
+
 def test_kill_9_then_another_worker_resumes_from_the_checkpoint(stack: Stack):
     stack.workers(1)
-    epochs = 6
-    job = stack.submit(long_spec(epochs))
-    checkpoint = stack.artifact_dir / "jobs" / job["id"] / "checkpoints" / "train.fit.pt"
+    epochs = RESUME_SPEC["distill"]["epochs"]
+    job = stack.submit(RESUME_SPEC)
+    checkpoint = stack.artifact_dir / "jobs" / job["id"] / "checkpoints" / "distill.fit.pt"
     running = stack.wait_state(job["id"], "RUNNING")
     assert running["attempts"] == 1
-    wait_for("the first checkpoint", checkpoint.exists, timeout=60, on_fail=stack.logs())
+
+    # Let it finish the teacher and checkpoint a few distill epochs, then kill it hard.
+    def three_distill_epochs() -> bool:
+        distilled = metric_epochs(stack.events_so_far(job["id"]), "distill")
+        return len(distilled) >= 3 and checkpoint.exists()
+
+    wait_for("three distill epochs", three_distill_epochs, timeout=120, on_fail=stack.logs())
     (claim,) = [e.data for e in stack.events_so_far(job["id"]) if e.data.get("state") == "RUNNING"]
     victim = stack.worker_by_id(claim["worker"])
     victim.popen.send_signal(signal.SIGKILL)
     victim.popen.wait(10)
+    before = metric_epochs(stack.events_so_far(job["id"]), "distill")
+    assert len(before) >= 3
     saved_epoch = int(torch.load(checkpoint, weights_only=True)["epoch"])
-    assert 1 <= saved_epoch < epochs, "killed mid-job"
+    assert 1 <= saved_epoch < epochs, "killed mid-stage"
+    assert stack.job(job["id"])["state"] == "RUNNING", "nobody knows yet that its worker is gone"
 
     # A worker that considers a heartbeat 3 s old stale sweeps the job back to the queue.
     sweeper = stack.start_worker(pool=False, STILLHOUSE_STALE_AFTER_SECONDS="3")
@@ -174,12 +176,20 @@ def test_kill_9_then_another_worker_resumes_from_the_checkpoint(stack: Stack):
     second = [e for e in events if e.data.get("state") == "RUNNING"][1]
     assert second.data["attempt"] == 2 and pid_of(second.data["worker"]) != victim.pid
     resumed = [e for e in events if e.id > second.id]
-    assert metric_epochs(resumed) == list(range(saved_epoch + 1, epochs + 1))
+    # The finished teacher is reused, and distill goes on after its checkpointed epoch.
+    logs = [e.data["message"] for e in resumed if e.type == "log"]
+    assert any("stage teacher finished in an earlier attempt" in m for m in logs), logs
+    assert metric_epochs(resumed, "distill") == list(range(saved_epoch + 1, epochs + 1))
+    distilled = metric_epochs(events, "distill")
+    assert distilled.count(1) == 1, "the distill stage restarted from scratch"
+    assert sorted(set(distilled)) == list(range(1, epochs + 1))
+    # At most the epoch in flight at the kill (metric written, checkpoint not yet) repeats.
+    assert len(distilled) - len(set(distilled)) <= 1
 
 
 def test_cancel_a_running_job_then_the_worker_takes_the_next(stack: Stack):
     (worker,) = stack.workers(1, exactly=True)
-    job = stack.submit(long_spec(200))
+    job = stack.submit(long_train_spec(200, name="long-200"))
     stack.wait_state(job["id"], "RUNNING")
     wait_for(
         "the first epoch",
@@ -205,7 +215,7 @@ def test_cancel_a_running_job_then_the_worker_takes_the_next(stack: Stack):
 
 def test_sigterm_gives_the_job_back(stack: Stack):
     (worker,) = stack.workers(1, exactly=True)
-    job = stack.submit(long_spec(200))
+    job = stack.submit(long_train_spec(200, name="long-200"))
     stack.wait_state(job["id"], "RUNNING")
     wait_for("the first epoch", lambda: stack.job(job["id"])["metrics"], 60, stack.logs())
     sent = time.monotonic()

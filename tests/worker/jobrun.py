@@ -11,6 +11,7 @@ from app.db import get_sessionmaker, get_write_sessionmaker
 from app.models import Job, JobEvent
 from app.schemas.job_spec import parse_spec
 from app.services.jobs import create_job
+from tests.helpers import job_row
 from worker.main import Worker
 
 
@@ -29,14 +30,6 @@ def submit(spec: dict[str, Any], owner: str = "alice") -> str:
 
 def run_one() -> None:
     Worker(get_settings(), device="cpu").run(max_jobs=1)
-
-
-def job_row(job_id: str) -> Job:
-    with get_sessionmaker()() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-        return job
 
 
 def run(spec: dict[str, Any], owner: str = "alice") -> Job:

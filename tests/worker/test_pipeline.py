@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
+from tests.helpers import tiny_pipeline_spec, tiny_teacher_spec
 from tests.worker.jobrun import events, run
 
-TEACHER = {
-    "source": "train",
-    "arch": "small_cnn",
-    "width": 1.0,
-    "train": {"dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "epochs": 2},
-}
-PIPELINE = {
-    "kind": "pipeline",
-    "name": "tiny-pipeline",
-    "seed": 0,
-    "teacher": TEACHER,
-    "student": {"arch": "small_cnn", "width": 0.25},
-    "distill": {"dataset": {"name": "digits", "labels": False}, "epochs": 2},
-    "finetune": {
-        "dataset": {"name": "digits", "classes": [5, 6, 7, 8, 9], "samples_per_class": 10},
-        "epochs": 3,
-        "batch_size": 16,
-    },
-}
+TEACHER = tiny_teacher_spec(width=1.0)
 
 
 def spec(**changes) -> dict:
-    out = copy.deepcopy(PIPELINE)
-    out.update(copy.deepcopy(changes))
-    return out
+    return tiny_pipeline_spec(seed=0, teacher_width=1.0, finetune_batch_size=16, **changes)
 
 
 def stages_run(job_id: str) -> list[str]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import torch
@@ -15,38 +14,16 @@ from sqlalchemy import insert, select
 from app.config import get_settings
 from app.core import job_states
 from app.db import get_write_engine, get_write_sessionmaker, reset_engines
-from app.models import Job, JobEvent, JobState, TrainedModel
+from app.models import Job, JobState, TrainedModel
 from app.models.base import new_id, utcnow
+from tests.helpers import events, free_port, long_train_spec, wait_for
 from worker.main import Worker
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def submit(client, headers: dict[str, str], spec: dict[str, Any]) -> str:
     r = client.post("/api/v1/jobs", json=spec, headers=headers)
     assert r.status_code == 201, r.text
     return r.json()["id"]
-
-
-def events(job_id: str) -> list[tuple[int, str, dict[str, Any]]]:
-    with get_write_engine().connect() as conn:
-        rows = conn.execute(
-            select(JobEvent.id, JobEvent.type, JobEvent.data)
-            .where(JobEvent.job_id == job_id)
-            .order_by(JobEvent.id)
-        ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def metric_epochs(evs: list[tuple[int, str, dict[str, Any]]], stage: str = "train") -> list[int]:
@@ -93,16 +70,6 @@ def running() -> Iterator[Callable[..., Running]]:
     for r in started:
         r.shutdown()
         r.thread.join(30)
-
-
-# A job that runs for many seconds unless stopped: cancel and shutdown target it.
-def long_spec(epochs: int = 200) -> dict[str, Any]:
-    return {
-        "kind": "train",
-        "name": "long",
-        "model": {"arch": "small_cnn", "width": 0.25},
-        "train": {"dataset": {"name": "digits"}, "epochs": epochs, "batch_size": 16},
-    }
 
 
 # ----------------------------------------------------------------------------- success
@@ -243,7 +210,7 @@ def test_the_loop_survives_a_failure_to_record_an_outcome(client, alice, tiny_sp
 
 # ------------------------------------------------------------------------------ cancel
 def test_cancel_while_running(client, alice, running):
-    job_id = submit(client, alice, long_spec())
+    job_id = submit(client, alice, long_train_spec())
     worker = running(max_jobs=1)
     wait_for("training to start", lambda: metric_epochs(events(job_id)))
 
@@ -267,7 +234,7 @@ def test_cancel_while_running(client, alice, running):
 # ---------------------------------------------------------------------------- shutdown
 def test_shutdown_requeues_and_the_next_run_resumes(client, alice, settings, running):
     epochs = 8
-    job_id = submit(client, alice, long_spec(epochs))
+    job_id = submit(client, alice, long_train_spec(epochs))
     checkpoint = settings.artifact_dir / "jobs" / job_id / "checkpoints" / "train.fit.pt"
     first = running(max_jobs=None)
     wait_for("the first epoch's checkpoint", checkpoint.exists)
@@ -303,11 +270,8 @@ def test_shutdown_while_idle_stops_the_loop(env, running):
 
 
 def test_worker_keeps_running_while_the_database_is_away(monkeypatch, tmp_path, caplog, running):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     monkeypatch.setenv(
-        "STILLHOUSE_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"
+        "STILLHOUSE_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
     )
     monkeypatch.setenv("STILLHOUSE_ARTIFACT_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("STILLHOUSE_THREADS", "1")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
 from app.api.responses import problems
-from app.api.uploads import ReceivedUpload, parse_form, store_upload
+from app.api.uploads import UploadDep, parse_form, upload_errors, upload_openapi
 from app.schemas.checkpoint import CheckpointForm, CheckpointList, CheckpointOut
 from app.services import checkpoints as checkpoints_service
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -16,48 +16,25 @@ from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
 
 ERRORS = problems(401, 404, 422, what="checkpoint")
-UPLOAD_ERRORS = problems(
-    400,
-    401,
-    413,
-    415,
-    422,
-    custom={
-        400: "Malformed multipart body",
-        415: "Not multipart/form-data",
-        422: "Bad form field, or the file does not fit the architecture; the message names "
-        "the missing, unexpected or mis-shaped tensors",
+UPLOAD_ERRORS = upload_errors(
+    "Bad form field, or the file does not fit the architecture; the message names the "
+    "missing, unexpected or mis-shaped tensors"
+)
+UPLOAD_BODY = upload_openapi(
+    "A safetensors state dict: a bare backbone's (torchvision names) or a whole Network's "
+    "(backbone. prefixes).",
+    required=("arch", "num_classes"),
+    fields={
+        "arch": {"type": "string", "examples": ["resnet18"]},
+        "num_classes": {"type": "integer", "minimum": 1},
+        "width": {"type": "number", "description": "small_cnn only"},
+        "in_channels": {"type": "integer", "enum": [1, 3]},
+        "input_size": {"type": "integer", "minimum": 8, "maximum": 1024},
+        "mean": {"type": "string", "examples": ["0.485,0.456,0.406"]},
+        "std": {"type": "string", "examples": ["0.229,0.224,0.225"]},
+        "name": {"type": "string", "maxLength": 200},
     },
 )
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "arch", "num_classes"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A safetensors state dict: a bare backbone's "
-                            "(torchvision names) or a whole Network's (backbone. prefixes).",
-                        },
-                        "arch": {"type": "string", "examples": ["resnet18"]},
-                        "num_classes": {"type": "integer", "minimum": 1},
-                        "width": {"type": "number", "description": "small_cnn only"},
-                        "in_channels": {"type": "integer", "enum": [1, 3]},
-                        "input_size": {"type": "integer", "minimum": 8, "maximum": 1024},
-                        "mean": {"type": "string", "examples": ["0.485,0.456,0.406"]},
-                        "std": {"type": "string", "examples": ["0.229,0.224,0.225"]},
-                        "name": {"type": "string", "maxLength": 200},
-                    },
-                }
-            }
-        },
-    }
-}
 
 
 @router.post(
@@ -68,29 +45,18 @@ UPLOAD_BODY = {
     openapi_extra=UPLOAD_BODY,
     summary="Upload a checkpoint (safetensors) to use as a teacher",
 )
-async def create_checkpoint(
-    request: Request,
-    response: Response,
-    owner: OwnerDep,
-    auth_session: SessionDep,
-    session: WriteSessionDep,
-    settings: SettingsDep,
-) -> CheckpointOut:
-    # Give the key lookup's connection back before a possibly long upload.
-    auth_session.close()
-
-    def store(upload: ReceivedUpload):
-        return checkpoints_service.create_checkpoint(
-            session,
-            owner=owner,
+async def create_checkpoint(up: UploadDep) -> CheckpointOut:
+    row = await up.store(
+        "checkpoints",
+        lambda upload: checkpoints_service.create_checkpoint(
+            up.session,
+            owner=up.owner,
             form=parse_form(CheckpointForm, upload.fields),
             path=upload.path,
             filename=upload.filename,
-            artifact_dir=settings.artifact_dir,
-        )
-
-    row = await store_upload(request, dest_dir=settings.artifact_dir / "checkpoints", store=store)
-    response.headers["Location"] = f"/api/v1/checkpoints/{row.id}"
+            artifact_dir=up.settings.artifact_dir,
+        ),
+    )
     return checkpoints_service.checkpoint_out(row)
 
 

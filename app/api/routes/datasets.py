@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
 from app.api.responses import problems
-from app.api.uploads import ReceivedUpload, parse_form, store_upload
+from app.api.uploads import UploadDep, parse_form, upload_errors, upload_openapi
 from app.schemas.dataset import DatasetForm, DatasetList, DatasetOut
 from app.services import datasets as datasets_service
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -16,47 +16,23 @@ from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 ERRORS = problems(401, 404, 422, what="dataset")
-UPLOAD_ERRORS = problems(
-    400,
-    401,
-    413,
-    415,
-    422,
-    custom={
-        400: "Malformed multipart body",
-        415: "Not multipart/form-data",
-        422: "The data failed validation; `errors[0].message` names the array, key or path "
-        "inside the zip at fault",
+UPLOAD_ERRORS = upload_errors(
+    "The data failed validation; `errors[0].message` names the array, key or path inside "
+    "the zip at fault"
+)
+UPLOAD_BODY = upload_openapi(
+    "An .npz with x, optional y and class_names, or a zip of class folders of PNG/JPEG "
+    "images (see docs/datasets.md).",
+    fields={
+        "name": {"type": "string", "maxLength": 200},
+        "image_size": {
+            "type": "integer",
+            "minimum": 8,
+            "maximum": 512,
+            "description": "Resize every image to this many pixels a side.",
+        },
     },
 )
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "An .npz with x, optional y and class_names, or a "
-                            "zip of class folders of PNG/JPEG images (see docs/datasets.md).",
-                        },
-                        "name": {"type": "string", "maxLength": 200},
-                        "image_size": {
-                            "type": "integer",
-                            "minimum": 8,
-                            "maximum": 512,
-                            "description": "Resize every image to this many pixels a side.",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
 
 
 @router.post(
@@ -67,30 +43,19 @@ UPLOAD_BODY = {
     openapi_extra=UPLOAD_BODY,
     summary="Upload a dataset (.npz or zip of class folders)",
 )
-async def create_dataset(
-    request: Request,
-    response: Response,
-    owner: OwnerDep,
-    auth_session: SessionDep,
-    session: WriteSessionDep,
-    settings: SettingsDep,
-) -> DatasetOut:
-    # Give the key lookup's connection back before a possibly long upload.
-    auth_session.close()
-
-    def store(upload: ReceivedUpload):
-        return datasets_service.create_dataset(
-            session,
-            owner=owner,
+async def create_dataset(up: UploadDep) -> DatasetOut:
+    row = await up.store(
+        "datasets",
+        lambda upload: datasets_service.create_dataset(
+            up.session,
+            owner=up.owner,
             form=parse_form(DatasetForm, upload.fields),
             path=upload.path,
             filename=upload.filename,
-            artifact_dir=settings.artifact_dir,
-            max_decoded_bytes=settings.max_dataset_bytes,
-        )
-
-    row = await store_upload(request, dest_dir=settings.artifact_dir / "datasets", store=store)
-    response.headers["Location"] = f"/api/v1/datasets/{row.id}"
+            artifact_dir=up.settings.artifact_dir,
+            max_decoded_bytes=up.settings.max_dataset_bytes,
+        ),
+    )
     return datasets_service.dataset_out(row)
 
 

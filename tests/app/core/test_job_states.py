@@ -13,10 +13,12 @@ from sqlalchemy import Engine, select, update
 
 from app.core import job_states
 from app.db import get_write_engine, get_write_sessionmaker, make_engine
-from app.models import Job, JobEvent, JobInput, JobState, TrainedModel
+from app.models import Job, JobInput, JobState, TrainedModel
 from app.models.base import utcnow
 from app.schemas.job_spec import JobSpec
 from app.services import jobs as jobs_service
+from tests.helpers import events
+from tests.helpers import job_row as row
 
 SPEC = TypeAdapter(JobSpec)
 
@@ -37,24 +39,6 @@ def enqueue(spec: dict[str, Any], n: int = 1, *, owner: str = "alice") -> list[s
             assert created
             ids.append(job.id)
     return ids
-
-
-def row(job_id: str) -> Job:
-    with get_write_sessionmaker()() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-        return job
-
-
-def events(job_id: str) -> list[tuple[int, str, dict[str, Any]]]:
-    with get_write_engine().connect() as conn:
-        rows = conn.execute(
-            select(JobEvent.id, JobEvent.type, JobEvent.data)
-            .where(JobEvent.job_id == job_id)
-            .order_by(JobEvent.id)
-        ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def set_columns(job_id: str, **values: Any) -> None:

@@ -23,14 +23,10 @@ from app.db import get_write_sessionmaker, reset_engines
 from app.migrate import upgrade_head
 from app.models import TrainedModel
 from app.models.base import utcnow
+from tests.helpers import tiny_train_spec
 from worker.export import export_model
 
-TINY_SPEC = {
-    "kind": "train",
-    "name": "tiny-digits",
-    "model": {"arch": "small_cnn", "width": 0.25},
-    "train": {"dataset": {"name": "digits", "classes": [0, 1, 2]}, "epochs": 2, "batch_size": 64},
-}
+TINY_SPEC = tiny_train_spec(name="tiny-digits")
 
 
 def train_student(root: Path) -> Path:
