@@ -6,6 +6,7 @@
   (db, models) and the logging setup from app/;
 - the core imports none of the API, the services, serving or the worker;
 - services speak no HTTP: no app.api, FastAPI or Starlette;
+- the contract (app/schemas) imports no torch;
 - no worker module grows past the size a newcomer reads in one sitting.
 """
 
@@ -104,8 +105,29 @@ def test_the_core_imports_no_api_services_serving_or_worker():
     assert offenders(APP / "core", forbidden) == []
 
 
+def test_serving_does_not_reach_back_into_the_routes():
+    assert offenders(APP / "serving", ("app.api", "app.main", "app.cli", "worker")) == []
+
+
 def test_services_speak_no_http():
     assert offenders(APP / "services", ("app.api", "fastapi", "starlette")) == []
+
+
+def test_the_contract_imports_no_torch():
+    # The job spec and bodies are the contract: a client or a tool reading them must not
+    # pay for torch (loss names reach OpenAPI from the registry when it is generated).
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import app.schemas\n"
+        "for m in pkgutil.walk_packages(app.schemas.__path__, 'app.schemas.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("path", sources(WORKER), ids=lambda p: p.name)

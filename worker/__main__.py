@@ -4,4 +4,5 @@ import sys
 
 from worker.main import cli
 
-sys.exit(cli())
+if __name__ == "__main__":  # importing this module (tools that walk packages) runs nothing
+    sys.exit(cli())

@@ -17,8 +17,8 @@ from app.core.archs import replace_head, torchvision_weights
 from app.core.datasets import InMemoryData
 from app.core.network import Network, NetworkConfig, build_network
 from app.schemas.job_spec import ModelSpec
-from worker.context import JobFailedError
-from worker.sources import ModelSource
+from worker.context import JobContext, JobFailedError
+from worker.sources import ModelSource, resolve_source
 
 
 @dataclass
@@ -127,7 +127,7 @@ def build_model(
     num_classes: int,
     *,
     seed: int,
-    torch_home: Path | None = None,
+    torch_home: Path | None,
 ) -> tuple[Network, NetworkConfig]:
     """A network from `source`, sized for `data`, with `num_classes` outputs (a new head
     when the source's differ)."""
@@ -172,6 +172,15 @@ def build_model(
         replace_head(net.backbone, num_classes)
         config.num_classes = num_classes
     return net, config
+
+
+def build_from_spec(
+    ctx: JobContext, spec: ModelSpec, data: InMemoryData, num_classes: int, *, seed: int
+) -> tuple[Network, NetworkConfig]:
+    """A network for `spec`, whatever its source (its rows read through the job's
+    lookups), sized for `data`, with `num_classes` outputs."""
+    source = resolve_source(ctx.lookups, spec)
+    return build_model(source, data, num_classes, seed=seed, torch_home=ctx.settings.torch_home)
 
 
 def _pretrained_torchvision(

@@ -38,7 +38,9 @@ class JobContext:
     owner: str
     name: str | None
     settings: Settings
+    # Where this job trains, and where its report times latency (the serving device).
     device: torch.device
+    serving_device: torch.device
     control: JobControl
     reporter: Reporter
     store: CheckpointStore

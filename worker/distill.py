@@ -12,11 +12,10 @@ from app.core.archs import default_hint_layer
 from app.core.datasets import InMemoryData
 from app.core.losses import HintAdapter, get_loss
 from app.schemas.job_spec import DatasetRef, DistillLossSpec, DistillStage, ModelSpec, StageSpec
-from worker.build import Trained, build_model, retarget, same_classes
+from worker.build import Trained, build_from_spec, retarget, same_classes
 from worker.context import JobContext, JobFailedError
-from worker.inference import FeatureHook, outputs
+from worker.inference import FeatureHook, batches, collect
 from worker.objectives import DistillObjective
-from worker.sources import ModelSource
 from worker.stages import EvalFn, run_fit_stage, stage_done
 from worker.teacher_outputs import (
     ViewSchedule,
@@ -49,9 +48,7 @@ def distill(
     """Distill `teacher` into a new student on the distill set (labels optional)."""
     data = ctx.load_data(stage_spec.dataset, seed=seed)
     k = teacher.config.num_classes
-    student_net, student_config = build_model(
-        ModelSource(student_spec), data, k, seed=seed, torch_home=ctx.settings.torch_home
-    )
+    student_net, student_config = build_from_spec(ctx, student_spec, data, k, seed=seed)
     student = Trained(student_net.to(ctx.device), student_config, teacher.class_names, teacher.task)
     if stage_done(ctx, stage, student.net) is not None:
         return student
@@ -179,8 +176,8 @@ class _Hints:
         student_hook = FeatureHook(student.net, s_layer)
         # The adapter maps the student's feature shape to the teacher's: probe both.
         probe = data.head(2)
-        t_probe = outputs(
-            teacher.net, probe, device=ctx.device, batch_size=2, feature_layer=t_layer
+        t_probe = collect(
+            batches(teacher.net, probe, device=ctx.device, batch_size=2, feature_layer=t_layer)
         ).features
         with torch.no_grad():
             student.net.eval()
@@ -221,11 +218,11 @@ def distill_eval_fn(
         if not teacher_pred:
             t_out = compute_teacher_outputs(teacher.net, held_out, device=ctx.device)
             teacher_pred.append(t_out.logits.argmax(1))
-        pred = outputs(model, held_out, device=ctx.device, batch_size=EVAL_BATCH_SIZE).logits
-        pred = pred.argmax(1)
-        out = {"agreement": float((pred == teacher_pred[0]).float().mean())}
+        out = collect(batches(model, held_out, device=ctx.device, batch_size=EVAL_BATCH_SIZE))
+        pred = out.logits.argmax(1)
+        scores = {"agreement": float((pred == teacher_pred[0]).float().mean())}
         if use_labels and held_out.y is not None:
-            out["accuracy"] = float((pred == held_out.y.to(pred.device)).float().mean())
-        return out
+            scores["accuracy"] = float((pred == held_out.y.to(pred.device)).float().mean())
+        return scores
 
     return fn

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine
 
 from app.core import job_states
 from worker.control import JobControl
-
-if TYPE_CHECKING:  # worker.train imports the stages' context, which holds a Reporter
-    from worker.train import Progress
+from worker.train import Progress
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,14 @@
 """One batched inference loop for the worker: a network's outputs over a whole dataset.
 
-Used for evaluation (accuracy, loss), for the teacher's cached outputs (logits and hint
-features, optionally of augmented views) and for agreement with the teacher during
-distillation. Runs under inference_mode, in eval mode (the previous mode is restored).
+Used for evaluation (accuracy, loss, summed batch by batch), for the teacher's cached
+outputs (logits and hint features, optionally of augmented views) and for agreement with
+the teacher during distillation. Runs under inference_mode, in eval mode (the previous
+mode is restored).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,7 @@ class Outputs:
 
 
 @torch.inference_mode()
-def outputs(
+def batches(
     model: nn.Module,
     data: InMemoryData,
     *,
@@ -59,30 +60,38 @@ def outputs(
     control: JobControl | None = None,
     feature_layer: str | None = None,
     transform: Transform | None = None,
-) -> Outputs:
-    """One pass of `model` over `data` in batches of `batch_size`; `feature_layer` also
-    keeps that module's output, `transform(x, idx)` makes augmented views first."""
+) -> Iterator[tuple[slice, Outputs]]:
+    """One pass of `model` over `data`, a batch of `batch_size` at a time: each batch's
+    rows and its outputs (float32, on `device`). `feature_layer` also keeps that module's
+    output; `transform(x, idx)` makes augmented views first."""
     was_training = model.training
     model.eval().to(device)
     hook = FeatureHook(model, feature_layer) if feature_layer else None
-    logits, features = [], []
     try:
         for start in range(0, len(data), batch_size):
             if control is not None:
                 control.check()
-            stop = min(len(data), start + batch_size)
-            x = data.x[start:stop].to(device, non_blocking=True).float()
+            rows = slice(start, min(len(data), start + batch_size))
+            x = data.x[rows].to(device, non_blocking=True).float()
             if transform is not None:
-                x = transform(x, torch.arange(start, stop))
-            logits.append(model(x).float())
-            if hook is not None:
-                features.append(hook.take().float())
+                x = transform(x, torch.arange(rows.start, rows.stop))
+            logits = model(x).float()
+            yield rows, Outputs(logits, hook.take().float() if hook is not None else None)
     finally:
         if hook is not None:
             hook.remove()
         model.train(was_training)
-    empty = torch.zeros(0, 0, device=device)
+
+
+def collect(parts: Iterable[tuple[slice, Outputs]]) -> Outputs:
+    """A whole pass of `batches`, concatenated: a teacher's cache, predictions to compare.
+    (Evaluation sums over the batches instead of keeping them.)"""
+    logits, features = [], []
+    for _rows, out in parts:
+        logits.append(out.logits)
+        if out.features is not None:
+            features.append(out.features)
     return Outputs(
-        logits=torch.cat(logits) if logits else empty,
+        logits=torch.cat(logits) if logits else torch.zeros(0, 0),
         features=torch.cat(features) if features else None,
     )

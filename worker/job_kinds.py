@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from app.core.datasets import InMemoryData
-from app.core.devices import serving_device
 from app.schemas.job_spec import (
     DistillJobSpec,
     FinetuneJobSpec,
@@ -20,13 +19,13 @@ from app.schemas.job_spec import (
     TrainJobSpec,
     default_evaluate,
 )
-from worker.build import Trained, build_model, retarget, same_classes
+from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError, JobOutcome
 from worker.distill import distill
 from worker.export import export_model
 from worker.report import comparison, figures, serving_figures
 from worker.size_search import budget_violation, choose_candidate, has_budget
-from worker.sources import ModelSource, resolve_source
+from worker.sources import resolve_source
 from worker.stages import finetune, obtain_teacher, train_from_scratch
 from worker.train import evaluate
 
@@ -198,13 +197,13 @@ def _figures(ctx: JobContext, trained: Trained, eval_data: InMemoryData | None) 
         trained,
         eval_data,
         device=ctx.device,
-        latency_device=serving_device(ctx.settings.serving_device),
+        latency_device=ctx.serving_device,
     )
 
 
 def _untrained_figures(ctx: JobContext, spec: ModelSpec, data: InMemoryData) -> dict[str, Any]:
     """A candidate's figures before training: enough for its size and latency budgets."""
-    net, config = build_model(ModelSource(spec), data, data.num_classes, seed=0)
+    net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=0)
     return _figures(ctx, Trained(net, config, data.class_names, data.task), None)
 
 
@@ -225,7 +224,7 @@ def _comparison(
         _figures(ctx, teacher_here, eval_data),
         student_figures,
         eval_samples=len(eval_data),
-        latency_device=serving_device(ctx.settings.serving_device),
+        latency_device=ctx.serving_device,
         strategy=strategy,
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from app.core.model_format import WEIGHTS_FILE
+from app.core.model_format import StoredModel, model_folder
 from app.models import Checkpoint, Dataset, TrainedModel
 
 
@@ -30,19 +30,6 @@ class CheckpointRecord:
     num_classes: int
     # in_channels, width, input_size, mean, std, class_names (see services/checkpoints.py).
     meta: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """An earlier job's model: its folder and its model.json."""
-
-    id: str
-    folder: Path
-    meta: dict[str, Any]
-
-    @property
-    def weights(self) -> Path:
-        return self.folder / WEIGHTS_FILE
 
 
 @dataclass
@@ -70,6 +57,7 @@ class Lookups:
             row.id, self.artifact_dir / row.path, row.arch, row.num_classes, dict(row.meta or {})
         )
 
-    def model(self, model_id: str) -> ModelRecord:
+    def model(self, model_id: str) -> StoredModel:
         row = self._one(TrainedModel, model_id, "model")
-        return ModelRecord(row.id, self.artifact_dir / row.artifact_path, dict(row.meta))
+        folder = model_folder(self.artifact_dir, row.artifact_path)
+        return StoredModel(row.id, folder, dict(row.meta))

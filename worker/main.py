@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from app.config import Settings, get_settings
 from app.core import job_states
 from app.core.datasets import DatasetUnavailableError
-from app.core.devices import training_device
+from app.core.devices import serving_device, training_device
 from app.core.files import remove_tree
 from app.core.registry import UnknownNameError
 from app.db import get_write_engine
@@ -86,6 +86,7 @@ class Worker:
         self.settings = settings
         self.engine = get_write_engine()
         self.device = training_device(device or settings.device)
+        self.serving_device = serving_device(settings.serving_device)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self.current: JobControl | None = None
@@ -173,6 +174,7 @@ class Worker:
             name=job.spec.get("name"),
             settings=self.settings,
             device=self.device,
+            serving_device=self.serving_device,
             control=control,
             reporter=reporter,
             store=CheckpointStore(job_dir / "checkpoints"),

@@ -1,5 +1,6 @@
-"""What each stage optimises: an `Objective` maps (model, inputs, labels, sample indices)
-to (loss, logits). The one fit loop (worker/train.py) calls it every step.
+"""What each stage optimises: an `Objective` (declared by the fit loop, worker/train.py)
+maps (model, inputs, labels, sample indices) to (loss, logits); the loop calls it every
+step.
 
 - `supervised`: cross-entropy on class labels, the squared error on regression targets
   (teacher training, `train` jobs, baselines);
@@ -10,7 +11,7 @@ to (loss, logits). The one fit loop (worker/train.py) calls it every step.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +22,7 @@ from app.schemas.job_spec import DistillLossSpec, FinetuneStage
 from worker.context import JobFailedError
 from worker.inference import FeatureHook
 from worker.teacher_outputs import TeacherOutputs, ViewSchedule
-
-
-class Objective(Protocol):
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+from worker.train import Objective
 
 
 def supervised(label_smoothing: float = 0.0) -> Objective:

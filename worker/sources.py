@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.core.archs import torchvision_weights
+from app.core.model_format import StoredModel
 from app.schemas.job_spec import ModelSpec
-from worker.lookups import CheckpointRecord, Lookups, ModelRecord
+from worker.lookups import CheckpointRecord, Lookups
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ModelSource:
     # What the outputs are: "classification", or "regression" (an earlier model's).
     task: str = "classification"
     checkpoint: CheckpointRecord | None = None
-    model: ModelRecord | None = None
+    model: StoredModel | None = None
 
     @property
     def trained_here(self) -> bool:

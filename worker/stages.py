@@ -17,12 +17,12 @@ import torch
 from app.core.archs import head_name
 from app.core.datasets import InMemoryData
 from app.schemas.job_spec import FinetuneStage, ModelSpec, StageSpec, default_evaluate
-from worker.build import Trained, build_model, retarget, same_classes
+from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError
-from worker.objectives import FinetuneObjective, Objective, supervised
+from worker.objectives import FinetuneObjective, supervised
 from worker.sources import ModelSource
 from worker.teacher_outputs import compute_teacher_outputs
-from worker.train import evaluate, fit
+from worker.train import Objective, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def train_from_scratch(
     source task, or a pipeline's baseline)."""
     if data.y is None:
         raise JobFailedError("unlabelled_data", f"{stage}: the dataset has no labels")
-    net, config = build_model(ModelSource(spec), data, data.num_classes, seed=seed)
+    net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=seed)
     trained = Trained(net.to(ctx.device), config, data.class_names, data.task)
     if stage_done(ctx, stage, net) is None:
         run_fit_stage(

@@ -17,7 +17,7 @@ from torch import nn
 from app.core.datasets import InMemoryData
 from worker.augment import crop_batch, crop_pad
 from worker.control import JobControl
-from worker.inference import Outputs, Transform, outputs
+from worker.inference import Outputs, Transform, batches, collect
 
 # Teacher batch size for the cache pass. A GPU wants large batches; on a CPU the
 # activations of large ones fall out of cache (resnet18 at 64 px: 2.3 s for digits at
@@ -43,14 +43,16 @@ def compute_teacher_outputs(
     of the schedule's views (view after view: row v * N + i is view v of sample i)."""
 
     def one_pass(transform: Transform | None = None) -> TeacherOutputs:
-        return outputs(
-            teacher,
-            data,
-            device=device,
-            batch_size=CACHE_BATCH_SIZE.get(device.type, 64),
-            control=control,
-            feature_layer=feature_layer,
-            transform=transform,
+        return collect(
+            batches(
+                teacher,
+                data,
+                device=device,
+                batch_size=CACHE_BATCH_SIZE.get(device.type, 64),
+                control=control,
+                feature_layer=feature_layer,
+                transform=transform,
+            )
         )
 
     if views is None:
@@ -68,7 +70,9 @@ def feature_cache_fits(
 ) -> bool:
     """Whether caching `layer`'s output for all of `data` (in `views` views) stays under
     the size bound."""
-    probe = outputs(teacher, data.head(1), device=device, batch_size=1, feature_layer=layer)
+    probe = collect(
+        batches(teacher, data.head(1), device=device, batch_size=1, feature_layer=layer)
+    )
     assert probe.features is not None
     return probe.features[0].numel() * 4 * len(data) * views <= MAX_FEATURE_CACHE_BYTES
 

@@ -26,13 +26,20 @@ from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
 from worker.data import epoch_batches, steps_per_epoch
-from worker.inference import outputs
-from worker.objectives import Objective
+from worker.inference import batches
 
 log = logging.getLogger(__name__)
 
 # Evaluation batch size: larger than training batches, no gradients are kept.
 EVAL_BATCH_SIZE = 512
+
+
+class Objective(Protocol):
+    """What a stage optimises (worker/objectives.py): (loss, logits) for a batch."""
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TrainingDivergedError(RuntimeError):
@@ -109,22 +116,20 @@ def evaluate(
     if data.y is None:
         raise ValueError("evaluation needs a labelled dataset")
     regression = data.y.is_floating_point()
-    if len(data) == 0:
-        return {"mse": 0.0, "mae": 0.0} if regression else {"accuracy": 0.0, "loss": 0.0}
-    # float64 sums: the means must not drift with the size of the set.
-    logits = outputs(model, data, device=device, batch_size=batch_size).logits.double()
-    y = data.y.to(logits.device)
-    n = len(data)
+    correct, loss_sum, abs_sum = 0, 0.0, 0.0
+    for rows, out in batches(model, data, device=device, batch_size=batch_size):
+        logits = out.logits
+        y = data.y[rows].to(device, non_blocking=True)
+        if regression:
+            loss_sum += (logits - y).pow(2).sum().item()
+            abs_sum += (logits - y).abs().mean(dim=1).sum().item()
+        else:
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+    n = max(1, len(data))
     if regression:
-        diff = logits - y.double()
-        return {
-            "mse": diff.pow(2).sum().item() / n,
-            "mae": diff.abs().mean(dim=1).sum().item() / n,
-        }
-    return {
-        "accuracy": int((logits.argmax(1) == y).sum()) / n,
-        "loss": F.cross_entropy(logits, y, reduction="sum").item() / n,
-    }
+        return {"mse": loss_sum / n, "mae": abs_sum / n}
+    return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
 def fit(

@@ -31,12 +31,13 @@ BOUNDED_PREFIX = "/api/v1/jobs"
 
 @dataclass(frozen=True)
 class BodyLimit:
-    """A bound on a body: `limit` bytes, set by `setting`; the 413 names `field`."""
+    """A bound on a body: at most `limit` bytes. Its 413 says `detail` and names `field`
+    with `message` (both formatted with the limit)."""
 
     limit: int
-    setting: str
-    what: str = "the body"
+    detail: str
     field: str = "body"
+    message: str = "is larger than the limit of {limit} bytes"
     # Bytes a body may carry beyond `limit` before it is refused unread (a multipart
     # body's boundaries and small form fields around the bounded file part).
     slack: int = 0
@@ -44,15 +45,35 @@ class BodyLimit:
     def too_large(self) -> ProblemError:
         return ProblemError(
             413,
-            f"{self.what} is larger than the limit of {self.limit} bytes ({self.setting})",
+            self.detail.format(limit=self.limit),
             type_="too-large",
-            errors=[field_error(self.field, f"larger than {self.limit} bytes")],
+            errors=[field_error(self.field, self.message.format(limit=self.limit))],
         )
 
 
-def upload_limit(what: str = "the upload", field: str = "file", slack: int = 0) -> BodyLimit:
+def spec_limit() -> BodyLimit:
+    """Job specs: STILLHOUSE_MAX_SPEC_BYTES."""
     return BodyLimit(
-        get_settings().max_upload_bytes, "STILLHOUSE_MAX_UPLOAD_BYTES", what, field, slack
+        get_settings().max_spec_bytes,
+        "body: a job spec may take at most {limit} bytes (STILLHOUSE_MAX_SPEC_BYTES)",
+    )
+
+
+def upload_limit(*, slack: int = 0) -> BodyLimit:
+    """An uploaded file (a dataset or a checkpoint): STILLHOUSE_MAX_UPLOAD_BYTES."""
+    return BodyLimit(
+        get_settings().max_upload_bytes,
+        "the upload is larger than the limit of {limit} bytes (STILLHOUSE_MAX_UPLOAD_BYTES)",
+        field="file",
+        message="larger than {limit} bytes",
+        slack=slack,
+    )
+
+
+def prediction_limit() -> BodyLimit:
+    """A prediction's body (JSON, multipart images, V2 tensors): STILLHOUSE_MAX_UPLOAD_BYTES."""
+    return BodyLimit(
+        get_settings().max_upload_bytes, "body is larger than the limit of {limit} bytes"
     )
 
 
@@ -67,7 +88,7 @@ def check_declared(headers: Headers, bound: BodyLimit) -> None:
     except ValueError:
         raise ProblemError(
             400,
-            "Content-Length is not a number",
+            "header.Content-Length is not a number",
             type_="bad-request",
             errors=[field_error("header.Content-Length", "is not a number")],
         ) from None
@@ -137,7 +158,7 @@ class JsonBodyLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        bound = BodyLimit(get_settings().max_spec_bytes, "STILLHOUSE_MAX_SPEC_BYTES", "a job spec")
+        bound = spec_limit()
         request = Request(scope, receive)
         try:
             body = await read_body(request, bound)

@@ -20,12 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.services.errors import (
     ConflictError,
     InvalidError,
-    MalformedError,
     NotFoundError,
     ServiceError,
     TooLargeError,
     UnauthorizedError,
-    UnsupportedMediaError,
     field_error,
 )
 from app.serving.backends import ModelUnavailableError
@@ -59,18 +57,12 @@ class ProblemError(Exception):
         self.headers = headers
 
 
-def invalid(errors: list[dict[str, Any]], detail: str | None = None) -> ProblemError:
-    return problem_from(InvalidError(errors, detail))
-
-
 # Status, problem type and title of each domain error; the first match in order wins.
 SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, str, str | None], ...] = (
     (NotFoundError, 404, "not-found", None),
     (ConflictError, 409, "conflict", None),
     (InvalidError, 422, "invalid", "Invalid request"),
     (TooLargeError, 413, "too-large", None),
-    (MalformedError, 400, "bad-request", None),
-    (UnsupportedMediaError, 415, "unsupported-media-type", None),
     (UnauthorizedError, 401, "unauthorized", None),
 )
 
@@ -188,7 +180,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(list(exc.errors()), getattr(exc, "body", None))
-        return problem_response(request, invalid(errors))
+        return problem_response(request, problem_from(InvalidError(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -30,13 +30,19 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.api.body_limit import BodyLimit, check_declared, limited_stream, upload_limit
+from app.api.body_limit import (
+    BodyLimit,
+    check_declared,
+    limited_stream,
+    prediction_limit,
+    upload_limit,
+)
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.api.errors import ProblemError, invalid, validation_errors
+from app.api.errors import ProblemError, validation_errors
 from app.api.responses import problems
 from app.config import Settings
 from app.models.base import new_id
-from app.services.errors import field_error
+from app.services.errors import InvalidError, field_error
 from app.services.upload_rules import FILE_FIELD
 from app.serving.inputs import InputError
 
@@ -111,11 +117,11 @@ class _Receiver:
         if self._is_file:
             self.file_parts += 1
             if self.file_parts > 1:
-                raise invalid([field_error(FILE_FIELD, "send exactly one file per request")])
+                raise InvalidError([field_error(FILE_FIELD, "send exactly one file per request")])
             if b"filename" in options:
                 self.filename = options[b"filename"].decode(self.charset, errors="replace")
         elif len(self.fields) >= MAX_FIELDS:
-            raise invalid([field_error(self._name, f"more than {MAX_FIELDS} form fields")])
+            raise InvalidError([field_error(self._name, f"more than {MAX_FIELDS} form fields")])
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -126,7 +132,7 @@ class _Receiver:
             self.pending.append(chunk)
             return
         if len(self._value) + len(chunk) > MAX_FIELD_BYTES:
-            raise invalid([field_error(self._name, f"longer than {MAX_FIELD_BYTES} bytes")])
+            raise InvalidError([field_error(self._name, f"longer than {MAX_FIELD_BYTES} bytes")])
         self._value.extend(chunk)
 
     def on_part_end(self) -> None:
@@ -134,7 +140,7 @@ class _Receiver:
             self.file_complete = True
             return
         if self._name in self.fields:
-            raise invalid([field_error(self._name, "given more than once")])
+            raise InvalidError([field_error(self._name, "given more than once")])
         self.fields[self._name] = self._value.decode(self.charset, errors="replace")
 
     def callbacks(self) -> dict[str, object]:
@@ -202,7 +208,7 @@ async def receive_upload(request: Request, *, dest_dir: Path) -> AsyncIterator[R
         finally:
             await run_in_threadpool(fh.close)
         if receiver.file_parts == 0:
-            raise invalid(
+            raise InvalidError(
                 [field_error(FILE_FIELD, "missing: send the upload as a multipart part named file")]
             )
         if not receiver.file_complete:
@@ -210,7 +216,7 @@ async def receive_upload(request: Request, *, dest_dir: Path) -> AsyncIterator[R
                 400, "the multipart body ended inside the file part", type_="bad-request"
             )
         if receiver.file_bytes == 0:
-            raise invalid([field_error(FILE_FIELD, "the uploaded file is empty")])
+            raise InvalidError([field_error(FILE_FIELD, "the uploaded file is empty")])
         log.debug("received %d bytes into %s", receiver.file_bytes, path)
         yield ReceivedUpload(path, receiver.filename, receiver.file_bytes, receiver.fields)
     except FormParserError as exc:
@@ -230,7 +236,7 @@ def parse_form(model: type[FormT], fields: dict[str, str]) -> FormT:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise invalid(validation_errors(list(exc.errors()))) from None
+        raise InvalidError(validation_errors(list(exc.errors()))) from None
 
 
 @dataclass
@@ -310,7 +316,7 @@ async def image_files(
     """The (filename, bytes) of each `files` part of a `/predict` multipart body."""
     parser = MultiPartParser(
         request.headers,
-        limited_stream(request, upload_limit("the body", "body")),
+        limited_stream(request, prediction_limit()),
         max_files=max_files + 1,
         max_fields=16,
     )

@@ -35,14 +35,15 @@ def resize_images(x: ArrayT, size: int | tuple[int, int]) -> ArrayT:
     hw = (size, size) if isinstance(size, int) else tuple(size)
     as_numpy = isinstance(x, np.ndarray)
     t = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
-    out = []
+    dtype = torch.uint8 if t.dtype == torch.uint8 else torch.float32
+    out = [torch.empty(0, t.shape[1], *hw, dtype=dtype)]
     for start in range(0, t.shape[0], RESIZE_CHUNK):
         chunk = t[start : start + RESIZE_CHUNK].float()
         chunk = F.interpolate(chunk, size=hw, mode="bilinear", align_corners=False, antialias=True)
-        if t.dtype == torch.uint8:
+        if dtype == torch.uint8:
             chunk = chunk.round().clamp(0, 255).to(torch.uint8)
         out.append(chunk)
-    result = torch.cat(out) if out else t.float()
+    result = torch.cat(out)
     return result.numpy() if as_numpy else result  # type: ignore[return-value]
 
 

@@ -9,6 +9,8 @@ Open Inference Protocol metadata.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MODEL_FORMAT = "stillhouse.model/v1"
@@ -19,6 +21,33 @@ ONNX_FILE = "model.onnx"
 INPUT_NAME = "input"
 # Name of the ONNX graph's output (and of the V2 output tensor).
 OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A finished model as stored: its id, its folder of files and its model.json."""
+
+    id: str
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / WEIGHTS_FILE
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / ONNX_FILE
+
+
+def model_folder(artifact_dir: Path, artifact_path: str) -> Path:
+    """A model's folder: `artifact_path` (as its database row records it) under the
+    artifact dir, which it must not leave. ValueError for a path that does."""
+    root = artifact_dir.resolve()
+    folder = (root / artifact_path).resolve()
+    if folder == root or root not in folder.parents:
+        raise ValueError(f"artifact path {artifact_path!r} lies outside the artifact store")
+    return folder
 
 
 def onnx_session(model: bytes | str, *, threads: int = 1) -> Any:

@@ -6,12 +6,11 @@ from app.models.checkpoint import Checkpoint
 from app.models.dataset import Dataset
 from app.models.job import FINISHED_STATES, Job, JobState
 from app.models.job_event import JobEvent
-from app.models.job_input import INPUT_KINDS, JobInput
+from app.models.job_input import JobInput
 from app.models.trained_model import TrainedModel
 
 __all__ = [
     "FINISHED_STATES",
-    "INPUT_KINDS",
     "ApiKey",
     "Base",
     "Checkpoint",

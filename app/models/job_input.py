@@ -12,10 +12,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
 
-# The kinds of input, as the spec names them: a dataset's `id`, a `checkpoint_id`, a
-# `model_id`.
-INPUT_KINDS = ("dataset", "checkpoint", "model")
-
 
 class JobInput(Base):
     __tablename__ = "job_inputs"

@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.core.losses import LOSSES
-
 
 class SpecModel(BaseModel):
     # Python's JSON reader takes Infinity and NaN, and JSON strings may hold NUL; Postgres
@@ -199,13 +197,21 @@ class SizeSearch(SpecModel):
 
 
 # ------------------------------------------------------------------------ distillation
+def _registered_losses(schema: dict[str, Any]) -> None:
+    """The loss names, as OpenAPI's enum. Read from the registry when the schema is
+    generated, not when this module is imported: the contract imports no torch."""
+    from app.core.losses import known_losses
+
+    schema["enum"] = known_losses()
+
+
 class DistillLossSpec(SpecModel):
     type: str = Field(
         "kl",
-        description="A name from the loss registry (app/core/losses.py). mse: E||f(x)-g(x)||^2 "
-        "on logits; kl: Hinton soft targets; hint: FitNets feature regression through a "
-        "learned adapter, plus the kl term.",
-        json_schema_extra={"enum": LOSSES.names()},
+        description="A name from the loss registry (app/core/losses.py), checked at "
+        "submission. mse: E||f(x)-g(x)||^2 on logits; kl: Hinton soft targets; hint: FitNets "
+        "feature regression through a learned adapter, plus the kl term.",
+        json_schema_extra=_registered_losses,
     )
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature (kl, hint).")
     alpha: float = Field(
@@ -218,12 +224,6 @@ class DistillLossSpec(SpecModel):
     hint_weight: float = Field(1.0, ge=0, description="hint: weight of the feature term.")
     student_layer: str | None = Field(None, description="hint: student module name.")
     teacher_layer: str | None = Field(None, description="hint: teacher module name.")
-
-    @field_validator("type")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        LOSSES.get(name)  # UnknownNameError (a ValueError) names the known ones
-        return name
 
 
 class DistillStage(StageSpec):

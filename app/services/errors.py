@@ -49,14 +49,6 @@ class TooLargeError(ServiceError):
     """Input over a size bound (a setting names it)."""
 
 
-class MalformedError(ServiceError):
-    """A request that cannot be parsed at all (a broken multipart body)."""
-
-
-class UnsupportedMediaError(ServiceError):
-    """A body of a type this route does not take."""
-
-
 class UnauthorizedError(ServiceError):
     """No API key, or one that is not (or no longer) valid."""
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.core.model_format import META_FILE, ONNX_FILE, WEIGHTS_FILE
+from app.core.model_format import META_FILE, ONNX_FILE, WEIGHTS_FILE, model_folder
 from app.models import TrainedModel
 from app.schemas.model import ModelOut
 from app.services import owned
-from app.services.errors import NotFoundError
+from app.services.errors import NotFoundError, ServiceError
 
 # Downloadable artifacts and their media types.
 ARTIFACTS = {
@@ -34,13 +34,13 @@ def list_models(
     )
 
 
-def model_folder(row: TrainedModel, artifact_dir: Path) -> Path:
-    """The model's artifact folder, which must lie inside the artifact dir."""
-    root = artifact_dir.resolve()
-    folder = (root / row.artifact_path).resolve()
-    if folder == root or root not in folder.parents:
-        raise RuntimeError(f"model {row.id} has an artifact path outside the store")
-    return folder
+def folder_of(row: TrainedModel, artifact_dir: Path) -> Path:
+    """The model's artifact folder, which must lie inside the artifact dir (a row that
+    says otherwise is damage to the store: an internal error that names the model)."""
+    try:
+        return model_folder(artifact_dir, row.artifact_path)
+    except ValueError as exc:
+        raise ServiceError(f"model {row.id}: {exc}") from None
 
 
 def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> ModelOut:
@@ -76,7 +76,7 @@ def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
             name,
             f"model {row.id} has no artifact {name!r}; artifacts are {', '.join(ARTIFACTS)}",
         )
-    path = model_folder(row, artifact_dir) / name
+    path = folder_of(row, artifact_dir) / name
     if not path.is_file():
         reason = ""
         if name == ONNX_FILE:
@@ -100,5 +100,5 @@ def delete_model(session: Session, *, owner: str, model_id: str, artifact_dir: P
         id_=model_id,
         what="model",
         used_as="is the starting point of",
-        files=lambda row: model_folder(row, artifact_dir),
+        files=lambda row: folder_of(row, artifact_dir),
     )

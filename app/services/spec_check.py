@@ -10,7 +10,7 @@ Every problem is reported with the field it is in, all at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from app.core.datasets import (
     resolve_classes,
     target_names,
 )
-from app.core.losses import get_loss
+from app.core.losses import DistillLoss, get_loss
 from app.core.network import module_names
 from app.core.registry import UnknownNameError
 from app.models import Checkpoint, Dataset, TrainedModel
@@ -230,10 +230,27 @@ class SpecChecker:
             return 1000  # the ImageNet head the weights come with
         return None
 
-    def hint_layers(self, spec: Any, teacher: ResolvedModel, student_arch: str | None, where: str):
-        loss = spec.loss
-        if not get_loss(loss.type).features:
+    def distill_loss(self, stage: DistillStage) -> DistillLoss | None:
+        """The registered loss `distill.loss.type` names; None (and the error, with close
+        names) when there is none."""
+        try:
+            return get_loss(stage.loss.type)
+        except UnknownNameError as exc:
+            self.error("distill.loss.type", str(exc))
+            return None
+
+    def hint_layers(
+        self,
+        stage: DistillStage,
+        registered: DistillLoss | None,
+        teacher: ResolvedModel,
+        student_arch: str | None,
+        where: str,
+    ) -> None:
+        """The layers a feature-matching loss reads must exist in both networks."""
+        if registered is None or not registered.features:
             return
+        loss = stage.loss
         for role, arch, name in (
             ("teacher", teacher.arch, loss.teacher_layer),
             ("student", student_arch, loss.student_layer),
@@ -304,9 +321,13 @@ class SpecChecker:
         if stage.kd_weight > 0:
             self.error(f"{where}.kd_weight", "soft targets need classes; the target is regression")
 
-    def regression_teacher(self, teacher: ResolvedModel, stage: DistillStage) -> None:
+    def regression_teacher(self, teacher: ResolvedModel, registered: DistillLoss | None) -> None:
         """A teacher trained on regression targets is distilled by the squared error only."""
-        if teacher.task == "regression" and not get_loss(stage.loss.type).for_regression:
+        if (
+            teacher.task == "regression"
+            and registered is not None
+            and not registered.for_regression
+        ):
             self.error("distill.loss.type", "the teacher predicts regression targets: use mse")
 
     # ------------------------------------------------------------------ job kinds
@@ -321,8 +342,9 @@ class SpecChecker:
             self.model(spec.student, "student")
             k = self.teacher_classes(spec.teacher, teacher, "teacher")
             self.dataset(spec.distill.dataset, "distill.dataset")
-            self.hint_layers(spec.distill, teacher, spec.student.arch, "distill")
-            self.regression_teacher(teacher, spec.distill)
+            loss = self.distill_loss(spec.distill)
+            self.hint_layers(spec.distill, loss, teacher, spec.student.arch, "distill")
+            self.regression_teacher(teacher, loss)
             # A distilled student predicts the teacher's classes (ImageNet's, say); on an
             # evaluation set with other classes the report gives agreement, not accuracy.
             evaluate = self.evaluation(spec, spec.distill.dataset, k, must_match=False)
@@ -345,6 +367,7 @@ class SpecChecker:
 
     def check_pipeline(self, spec: PipelineJobSpec) -> PipelineJobSpec:
         teacher = self.model(spec.teacher, "teacher")
+        loss = self.distill_loss(spec.distill)
         students = (
             spec.student.candidates if isinstance(spec.student, SizeSearch) else [spec.student]
         )
@@ -353,16 +376,17 @@ class SpecChecker:
                 f"student.candidates[{i}]" if isinstance(spec.student, SizeSearch) else "student"
             )
             resolved = self.model(student, where)
-            self.hint_layers(spec.distill, teacher, resolved.arch, "distill")
+            self.hint_layers(spec.distill, loss, teacher, resolved.arch, "distill")
         self.dataset(spec.distill.dataset, "distill.dataset")
         target = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
         self.finetune_target(spec.finetune, target, "finetune")
-        self.regression_teacher(teacher, spec.distill)
+        self.regression_teacher(teacher, loss)
         if (
             spec.strategy == "finetune_then_distill"
             and target is not None
             and target.task == "regression"
-            and not get_loss(spec.distill.loss.type).for_regression
+            and loss is not None
+            and not loss.for_regression
         ):
             # The adapted teacher then predicts the regression targets.
             self.error(

@@ -13,20 +13,20 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
+from app.core.model_format import StoredModel
 from app.db import get_sessionmaker
 from app.models import TrainedModel
 from app.services import models as models_service
 from app.services.keys import owner_for_authorization
-from app.serving.backends import ModelRef
 from app.serving.lookup import LookupCache
 
 
-def model_ref(row: TrainedModel, artifact_dir: Path) -> ModelRef:
+def model_ref(row: TrainedModel, artifact_dir: Path) -> StoredModel:
     """What serving needs of a model's row: its id, artifact folder and model.json."""
-    return ModelRef(row.id, models_service.model_folder(row, artifact_dir), row.meta)
+    return StoredModel(row.id, models_service.folder_of(row, artifact_dir), row.meta)
 
 
-def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[str, ModelRef]:
+def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[str, StoredModel]:
     """(owner, model) for a prediction; UnauthorizedError or NotFoundError otherwise."""
     with get_sessionmaker()() as session:
         owner = owner_for_authorization(session, authorization)
@@ -36,7 +36,7 @@ def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[st
 
 async def authorized_ref(
     lookups: LookupCache, authorization: str, *, model_id: str, artifact_dir: Path
-) -> tuple[str, ModelRef]:
+) -> tuple[str, StoredModel]:
     """`lookup`, answered from `lookups` when this key was allowed this model moments ago."""
     hit = lookups.get(authorization, model_id)
     if hit is not None:

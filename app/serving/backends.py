@@ -28,6 +28,7 @@ from app.core.model_format import (
     ONNX_FILE,
     OUTPUT_NAME,
     WEIGHTS_FILE,
+    StoredModel,
     onnx_session,
 )
 from app.core.network import NetworkConfig, build_network
@@ -44,15 +45,6 @@ class Backend(Protocol):
     size_bytes: int
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What serving needs from a model's row: its id, artifact folder and model.json."""
-
-    id: str
-    folder: Path
-    meta: dict[str, Any]
 
 
 @dataclass
@@ -147,7 +139,9 @@ def serving_threads(setting: int) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def load_model(ref: ModelRef, *, setting: str, device: torch.device, threads: int) -> LoadedModel:
+def load_model(
+    ref: StoredModel, *, setting: str, device: torch.device, threads: int
+) -> LoadedModel:
     """Load a student; ModelUnavailableError when its files are missing or unreadable."""
     meta = ref.meta
     try:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from app.serving.backends import ModelRef
+from app.core.model_format import StoredModel
 
 # Entries kept at most; the oldest go first.
 MAX_ENTRIES = 10_000
@@ -29,14 +29,14 @@ class LookupCache:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str, ModelRef]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str, StoredModel]] = OrderedDict()
 
     @staticmethod
     def _key(authorization: str, model_id: str) -> tuple[str, str]:
         # The header's hash, so that keys do not sit in memory in the clear.
         return hashlib.sha256(authorization.encode()).hexdigest(), model_id
 
-    def get(self, authorization: str, model_id: str) -> tuple[str, ModelRef] | None:
+    def get(self, authorization: str, model_id: str) -> tuple[str, StoredModel] | None:
         if self.ttl <= 0:
             return None
         key = self._key(authorization, model_id)
@@ -50,7 +50,7 @@ class LookupCache:
                 return None
             return owner, ref
 
-    def put(self, authorization: str, model_id: str, owner: str, ref: ModelRef) -> None:
+    def put(self, authorization: str, model_id: str, owner: str, ref: StoredModel) -> None:
         if self.ttl <= 0:
             return
         key = self._key(authorization, model_id)

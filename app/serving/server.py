@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
 from app.core.devices import serving_device
-from app.serving.backends import LoadedModel, ModelRef, load_model, serving_threads
+from app.core.model_format import StoredModel
+from app.serving.backends import LoadedModel, load_model, serving_threads
 from app.serving.batcher import Batcher, BatcherClosedError
 from app.serving.cache import ModelCache
 from app.serving.lookup import LookupCache
@@ -86,12 +87,12 @@ class ModelServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- models
-    def _load(self, ref: ModelRef) -> LoadedModel:
+    def _load(self, ref: StoredModel) -> LoadedModel:
         return load_model(
             ref, setting=self.settings.serving_backend, device=self.device, threads=self.threads
         )
 
-    async def model(self, ref: ModelRef) -> LoadedModel:
+    async def model(self, ref: StoredModel) -> LoadedModel:
         """The loaded model, loading it (in a thread) on a miss; ModelUnavailableError if
         its artifacts cannot be read."""
         loaded = self.cache.get(ref.id)

@@ -696,3 +696,20 @@ def test_openapi_has_an_example_for_the_job_body(client):
     assert {"train", "pipeline", "distill", "finetune"} <= set(examples)
     assert examples["train"]["value"]["kind"] == "train"
     assert client.get("/docs").status_code == 200
+
+
+def test_an_unknown_loss_is_refused_with_the_registry_names(client, alice):
+    spec = {
+        "kind": "distill",
+        "teacher": {
+            "arch": "small_cnn",
+            "source": "train",
+            "train": {"dataset": {"name": "digits"}},
+        },
+        "student": {"arch": "small_cnn", "width": 0.25},
+        "distill": {"dataset": {"name": "digits"}, "loss": {"type": "kll"}},
+    }
+    r = client.post("/api/v1/jobs", json=spec, headers=alice)
+    body = assert_problem(r, 422, "distill.loss.type")
+    assert "did you mean kl? known: hint, kl, mse" in body["errors"][0]["message"]
+    assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []

@@ -116,3 +116,77 @@ def test_another_owners_model_is_not_a_teacher(env, client, alice, bob):
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "teacher.model_id"
+
+
+# ----------------------------------------------------------------- students, too
+def test_students_start_from_a_model_or_a_checkpoint(env, client, alice):
+    """A student may start from an earlier job's model or an uploaded checkpoint, in a
+    distill job and among a pipeline's size-search candidates (it is distilled from
+    there)."""
+    first = run(
+        {
+            "kind": "train",
+            "model": {"arch": "small_cnn", "width": 0.25},
+            "train": {"dataset": DIGITS_FEW, "epochs": 1},
+        }
+    )
+    assert first.state == "SUCCEEDED", first.error
+    net = build_network(NetworkConfig("small_cnn", 5, 1, 8, width=0.5))
+    ckpt = _upload(
+        client,
+        alice,
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        arch="small_cnn",
+        num_classes="5",
+        width="0.5",
+        in_channels="1",
+    )
+    job = run(
+        {
+            "kind": "distill",
+            "teacher": {"source": "model", "model_id": first.model_id},
+            "student": {"source": "model", "model_id": first.model_id},
+            "distill": {"dataset": {**DIGITS_FEW, "labels": False}, "epochs": 1},
+        }
+    )
+    assert job.state == "SUCCEEDED", job.error
+    assert job.report["student"]["params"] == job.report["teacher"]["params"]
+    spec = pipeline({"source": "model", "model_id": first.model_id})
+    spec["student"] = {
+        "candidates": [
+            {"source": "checkpoint", "checkpoint_id": ckpt},
+            {"source": "model", "model_id": first.model_id},
+        ],
+        "constraints": {"max_params": 10**6},
+    }
+    job = run(spec)
+    assert job.state == "SUCCEEDED", job.error
+    assert [c["skipped"] for c in job.report["candidates"]] == [None, None]
+    assert job.report["candidates"][0]["width"] == 0.5
+
+
+def test_a_torchvision_candidate_is_checked_against_a_budget_from_the_hub_cache(
+    torch_home: Path,
+):
+    weights = torchvision.models.get_model_weights("mobilenet_v3_small")["IMAGENET1K_V1"]
+    cache = torch_home / "hub" / "checkpoints" / Path(weights.url).name
+    cache.parent.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), cache)
+    teacher = {
+        "source": "train",
+        "arch": "small_cnn",
+        "train": {"dataset": DIGITS_FEW, "epochs": 1},
+    }
+    spec = pipeline(teacher)
+    spec["student"] = {
+        "candidates": [
+            {"source": "torchvision", "arch": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"},
+            STUDENT,
+        ],
+        "constraints": {"max_params": 100_000},
+    }
+    job = run(spec)
+    assert job.state == "SUCCEEDED", job.error
+    skipped = job.report["candidates"][0]["skipped"]
+    assert skipped is not None and skipped.startswith("params "), skipped
+    assert job.report["chosen"] == 1

@@ -13,14 +13,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.api.errors import invalid
 from app.api.responses import problems
 from app.db import get_sessionmaker
 from app.models import FINISHED_STATES, Job, JobState
 from app.schemas.job import JobList, JobOut, MetricHistory
 from app.schemas.job_spec import JobSpec
 from app.services import jobs as jobs_service
-from app.services.errors import field_error
+from app.services.errors import InvalidError, field_error
 from app.services.examples import JOB_EXAMPLES
 from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -156,7 +155,7 @@ def job_events(
         except ValueError:
             resume = MAX_EVENT_ID + 1
         if resume > MAX_EVENT_ID:
-            raise invalid([field_error("header.Last-Event-ID", "must be an event id")])
+            raise InvalidError([field_error("header.Last-Event-ID", "must be an event id")])
         start = max(start, resume)
     return StreamingResponse(
         _stream(job_id, start),

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from app.api.body_limit import read_body, upload_limit
+from app.api.body_limit import prediction_limit, read_body
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
 from app.api.responses import problems
 from app.api.uploads import image_files
@@ -202,5 +202,5 @@ async def read_inputs(request: Request, model: LoadedModel, settings: Settings) 
             f"{content_type!r} is not accepted: send application/json or multipart/form-data",
             status=415,
         )
-    body = await read_body(request, upload_limit("the body", "body"))
+    body = await read_body(request, prediction_limit())
     return await predictor.json_body_inputs(body, model, limits)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
-from app.api.body_limit import decode_content, read_body, upload_limit
+from app.api.body_limit import decode_content, prediction_limit, read_body
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.errors import ProblemError
 from app.api.responses import oip_errors
@@ -177,7 +177,7 @@ async def infer(
     settings = get_settings()
     model = await _loaded(request, model_id, settings)
     limits = Limits(settings.predict_max_batch, settings.predict_max_pixels)
-    bound = upload_limit("the body", "body")
+    bound = prediction_limit()
     body = decode_content(await read_body(request, bound), content_encoding, bound)
     if len(body) > 64 * 1024:
         parsed = await run_in_threadpool(

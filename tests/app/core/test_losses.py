@@ -40,14 +40,6 @@ def test_registered_losses_dispatch_to_their_terms():
     assert [n for n in known_losses() if get_loss(n).for_regression] == ["mse"]
 
 
-def test_the_job_spec_takes_registered_names_only():
-    from pydantic import ValidationError
-
-    assert DistillLossSpec(type="mse").type == "mse"
-    with pytest.raises(ValidationError, match="did you mean kl"):
-        DistillLossSpec(type="kll")
-
-
 def test_mse_is_squared_norm_over_logits_mean_over_samples():
     student = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     teacher = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
