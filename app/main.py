@@ -9,11 +9,14 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.body_limit import JsonBodyLimitMiddleware
+from app.api.docs_pages import install_docs
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_openapi
 from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2
 from app.config import get_settings
 from app.metrics import TimingMiddleware
 from app.serving.server import ModelServer
+from app.ui import router as ui_router
 
 DESCRIPTION = """
 Stillhouse turns big models into small, fast, task-ready ones: submit a job spec, and a
@@ -41,6 +44,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Stillhouse",
+        # /docs and /redoc come from app/api/docs_pages.py: served whole, no CDN.
+        docs_url=None,
+        redoc_url=None,
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
@@ -60,6 +66,8 @@ def create_app() -> FastAPI:
         ],
     )
     install_error_handlers(app)
+    install_openapi(app)
+    install_docs(app)
     app.include_router(jobs.router)
     app.include_router(plots.router)
     app.include_router(datasets.router)
@@ -67,6 +75,7 @@ def create_app() -> FastAPI:
     app.include_router(models.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(ui_router)
 
     # The middleware added last is the outermost: timing covers the body limit's 413s.
     app.add_middleware(JsonBodyLimitMiddleware)

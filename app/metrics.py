@@ -121,8 +121,9 @@ class TimingMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            # The router stores the matched route in the (shared) scope.
-            template = getattr(scope.get("route"), "path", "unmatched")
+            # The router stores the matched route in the (shared) scope; `path_format` is its
+            # template without path convertors (`{job_id}`, not `{job_id:id}`).
+            template = getattr(scope.get("route"), "path_format", "unmatched")
             HTTP_LATENCY.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - start
             )

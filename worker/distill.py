@@ -124,7 +124,8 @@ def distill(
             ctx,
             stage=stage,
             net=student.net,
-            data=data,
+            # Labels the teacher never knew would only give a meaningless train accuracy.
+            data=data if use_labels else data.unlabelled(),
             spec_stage=fit_stage,
             objective=objective,
             seed=seed,

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from app.core.archs import count_params
 from app.core.files import atomic_write
@@ -164,6 +164,13 @@ def export_model(
         lambda p: p.write_text(json.dumps(meta, indent=2, allow_nan=False)),
     )
     return ExportedModel(model_id, folder, meta, meta["params"], size)
+
+
+def weights_file_bytes(net: torch.nn.Module) -> int:
+    """The size its model.safetensors would have: the state serialised in memory, header
+    included (what `/api/v1/models` reports for a served model)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    return len(save(state))
 
 
 def _cpu_eval(net: Network) -> Network:

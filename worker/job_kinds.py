@@ -23,7 +23,7 @@ from worker.build import Trained, build_from_spec, build_model, retarget, same_c
 from worker.context import JobContext, JobFailedError, JobOutcome
 from worker.distill import distill
 from worker.export import export_model
-from worker.report import comparison, figures, serving_figures
+from worker.report import comparison, figures, serving_figures, summary
 from worker.size_search import budget_violation, choose_candidate, has_budget
 from worker.sources import resolve_source
 from worker.stages import finetune, obtain_teacher, train_from_scratch
@@ -104,16 +104,7 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
     del distill_data  # each stage loads its own, filtered copy
     if spec.strategy == "finetune_then_distill":
         # Adapt the teacher to the target first: it then teaches the target's classes.
-        teacher = finetune(
-            ctx,
-            teacher,
-            spec.finetune.model_copy(update={"kd_weight": 0.0}),
-            data=target,
-            eval_data=eval_data,
-            teacher=None,
-            seed=seed,
-            stage="teacher_finetune",
-        )
+        teacher = _adapt_teacher(ctx, spec, teacher, target, eval_data)
     search = spec.student if isinstance(spec.student, SizeSearch) else None
     candidates = search.candidates if search is not None else [spec.student]
     assert all(isinstance(c, ModelSpec) for c in candidates)
@@ -158,19 +149,20 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
     student_figures = {
         k: v for k, v in entries[chosen].items() if k not in ("index", "model", "skipped")
     }
+    reference = _teacher_on_target(ctx, spec, teacher, target, eval_data)
     report = _comparison(
-        ctx, teacher, student_figures, eval_data, strategy=spec.strategy, seed=seed
+        ctx, reference, student_figures, eval_data, strategy=spec.strategy, seed=seed
     )
+    report["teacher"]["fine_tuned_on_target"] = same_classes(reference, target)
     if search is not None:
         report["candidates"] = entries
         report["chosen"] = chosen
         report["chosen_reason"] = reason
         report["constraints_met"] = met
-    if spec.baseline:
-        chosen_spec = candidates[chosen].model_copy(update={"source": "scratch"})
+    if wants_baseline(spec.baseline, student_figures["params"]):
         baseline = train_from_scratch(
             ctx,
-            chosen_spec,
+            scratch_spec(student),
             spec.finetune,
             data=target,
             eval_data=eval_data,
@@ -183,6 +175,68 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
             report["gain_over_baseline"] = round(s_acc - b_acc, 4)
     report["stages"] = ctx.store.stage_seconds()
     return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
+
+
+# A student this small trains from scratch in a fraction of a teacher's time, so the
+# baseline (what distillation bought) runs unless the spec says `baseline: false`.
+AUTO_BASELINE_MAX_PARAMS = 5_000_000
+
+
+def wants_baseline(setting: bool | None, student_params: int) -> bool:
+    """`baseline`: true or false as given; unset, on for students of at most
+    AUTO_BASELINE_MAX_PARAMS parameters."""
+    if setting is not None:
+        return setting
+    return student_params <= AUTO_BASELINE_MAX_PARAMS
+
+
+def scratch_spec(student: Trained) -> ModelSpec:
+    """The served student's architecture, from random weights (the baseline)."""
+    config = student.config
+    return ModelSpec(
+        source="scratch", arch=config.arch, width=config.width, input_size=config.input_size
+    )
+
+
+def _teacher_on_target(
+    ctx: JobContext,
+    spec: PipelineJobSpec,
+    teacher: Trained,
+    target: InMemoryData,
+    eval_data: InMemoryData,
+) -> Trained:
+    """The teacher as the report measures it: on the target's classes. With
+    finetune_then_distill it was fine-tuned there already; otherwise a copy is fine-tuned
+    on the target (stage "teacher_finetune", the `finetune` settings) for the report: a
+    teacher that predicts other classes has no accuracy there to compare."""
+    if same_classes(teacher, target):
+        return teacher
+    ctx.reporter.log(
+        "fine-tuning a copy of the teacher on the target, to measure it there",
+        stage="teacher_finetune",
+    )
+    return _adapt_teacher(ctx, spec, teacher, target, eval_data)
+
+
+def _adapt_teacher(
+    ctx: JobContext,
+    spec: PipelineJobSpec,
+    teacher: Trained,
+    target: InMemoryData,
+    eval_data: InMemoryData,
+) -> Trained:
+    """The teacher fine-tuned on the target (stage "teacher_finetune"): the `finetune`
+    settings without a kd term, a new head for the target's classes."""
+    return finetune(
+        ctx,
+        teacher,
+        spec.finetune.model_copy(update={"kd_weight": 0.0}),
+        data=target,
+        eval_data=eval_data,
+        teacher=None,
+        seed=spec.seed,
+        stage="teacher_finetune",
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,4 +311,5 @@ def _outcome(
         serving = serving_figures(exported.meta, ctx.settings.serving_backend)
         if serving is not None:
             report["student"]["serving"] = serving
+        report["summary"] = summary(report)
     return JobOutcome(model=exported, metrics=metrics, report=report)

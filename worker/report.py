@@ -2,9 +2,10 @@
 teacher-versus-student comparison of a distill or pipeline job.
 
 Figures: accuracy on the evaluation set (when the network predicts its classes; mse and
-mae for regression targets), parameters, fp32 size, and batch-1 latency on the serving
-device (PyTorch eager under inference_mode, for teacher and student alike, so the two
-compare). `serving` adds what the backend that will serve the student takes.
+mae for regression targets), parameters, the size of its weights file, and batch-1
+latency on the serving device (PyTorch eager under inference_mode, for teacher and
+student alike, so the two compare). `serving` adds what the backend that will serve the
+student takes; `summary` says the outcome in one line.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 
 import torch
 
-from app.core.archs import count_params, size_bytes_fp32
+from app.core.archs import count_params
 from app.core.datasets import InMemoryData
 from worker.build import Trained, same_classes
-from worker.export import measure_latency_ms
+from worker.export import measure_latency_ms, weights_file_bytes
 from worker.train import evaluate
 
 
@@ -36,7 +37,8 @@ def figures(
         "arch": config.arch,
         "width": config.width,
         "params": count_params(net),
-        "size_bytes": size_bytes_fp32(net),
+        # As `/api/v1/models` reports the served student: its model.safetensors file.
+        "size_bytes": weights_file_bytes(net),
         "latency_ms": round(
             measure_latency_ms(
                 net,
@@ -103,3 +105,47 @@ def serving_figures(meta: dict[str, Any], setting: str) -> dict[str, Any] | None
         "latency_ms": backends[backend].get("batch_1_ms"),
         "batch_32_ms": backends[backend].get("batch_32_ms"),
     }
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The outcome in one line: student vs teacher vs the same student from scratch, and
+    what the student saves (parameters, latency)."""
+    student, teacher = report["student"], report["teacher"]
+    baseline = report.get("baseline")
+    regression = "mse" in student
+    parts = [f"student {_name(student)}: {_score(student, regression)}"]
+    teacher_text = f"teacher {_name(teacher)}"
+    if teacher.get("fine_tuned_on_target"):
+        teacher_text += ", fine-tuned on the target"
+    parts.append(f"{teacher_text}: {_score(teacher, regression)}")
+    if baseline is not None:
+        text = f"the same student trained from scratch: {_score(baseline, regression)}"
+        gain = report.get("gain_over_baseline")
+        if gain is not None:
+            text += f" ({100 * gain:+.1f} points from the teacher)"
+        elif regression and baseline.get("mse") is not None:
+            text += f" (mse {student['mse'] - baseline['mse']:+.4g} from the teacher)"
+        parts.append(text)
+    line = "; ".join(parts)
+    size = []
+    if report.get("compression") is not None:
+        size.append(f"{report['compression']:,.0f}x fewer parameters")
+    if report.get("speedup") is not None:
+        size.append(f"{report['speedup']:.1f}x faster at batch 1 ({report['latency_device']})")
+    return line + (". " + ", ".join(size) if size else "") + "."
+
+
+def _name(figures: dict[str, Any]) -> str:
+    width = figures.get("width")
+    arch = figures["arch"] + (f" w{width:g}" if width not in (None, 1.0) else "")
+    return f"{arch} ({figures['params']:,} params)"
+
+
+def _score(figures: dict[str, Any], regression: bool) -> str:
+    if regression:
+        mse = figures.get("mse")
+        return "no mse on the evaluation set" if mse is None else f"mse {mse:.4g}"
+    accuracy = figures.get("accuracy")
+    if accuracy is None:
+        return figures.get("accuracy_note", "no accuracy on the evaluation set")
+    return f"accuracy {accuracy:.3f}"

@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from app.schemas.job_spec import JOB_KINDS
 from app.services.errors import (
     ConflictError,
     InvalidError,
@@ -153,11 +155,31 @@ def validation_errors(errors: list[dict[str, Any]], body: Any = None) -> list[di
             message = "unknown field"
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             # The field at fault is the discriminator (the job's `kind`), not the whole body.
-            tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'\"")
+            ctx = err.get("ctx") or {}
+            tag = str(ctx.get("discriminator", "")).strip("'\"")
             if tag:
                 field = tag if field == "body" else f"{field}.{tag}"
+            if kind == "union_tag_not_found" and tag == "kind":
+                # pydantic says "Unable to extract tag using discriminator": say what to send.
+                message = f"missing: give kind, one of {', '.join(JOB_KINDS)}"
         out.append(field_error(field, message))
     return out
+
+
+# Methods a 405's Allow header may list (the API declares no others; HEAD goes with GET).
+METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves at the request's path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -185,9 +207,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
-        problem = ProblemError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        if exc.status_code == 405:
+            # Starlette names the first matching route's methods only; a path served by
+            # several routes (GET and POST /api/v1/jobs) allows all of theirs.
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = (
+                f"{request.method} is not allowed on {request.url.path}; use {headers['Allow']}"
+            )
+        problem = ProblemError(exc.status_code, detail, headers=headers or None)
         return problem_response(request, problem)
 
     @app.exception_handler(Exception)

@@ -2,7 +2,9 @@
 
 `problems(401, 404, 422, what="dataset")` documents problem+json answers for /api/v1
 routes; `oip_errors(...)` the `{"error": "..."}` answers of /v2. `custom` replaces the
-standard description of a status where a route says more.
+standard description of a status where a route says more, and `examples` gives a
+status an example body. `example(200, body)` gives a route's own answer an example, which
+FastAPI merges with the schema it derives from the route's response model.
 """
 
 from __future__ import annotations
@@ -25,18 +27,33 @@ STANDARD = {
 
 
 def _answers(
-    statuses: tuple[int, ...], what: str, custom: dict[int, str] | None, content: dict[str, Any]
+    statuses: tuple[int, ...],
+    what: str,
+    custom: dict[int, str] | None,
+    content: dict[str, Any],
+    examples: dict[int, Any] | None = None,
 ) -> dict[int | str, dict[str, Any]]:
     described = {s: STANDARD[s].format(what=what) for s in statuses}
     described.update(custom or {})
-    return {status: {"description": text, **content} for status, text in described.items()}
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status, text in described.items():
+        answers[status] = {"description": text, **content}
+        if examples and status in examples:
+            answers[status]["content"] = {
+                media: {**body, "example": examples[status]}
+                for media, body in content["content"].items()
+            }
+    return answers
 
 
 def problems(
-    *statuses: int, what: str = "resource", custom: dict[int, str] | None = None
+    *statuses: int,
+    what: str = "resource",
+    custom: dict[int, str] | None = None,
+    examples: dict[int, Any] | None = None,
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for problem+json answers with these statuses."""
-    return _answers(statuses, what, custom, PROBLEM_CONTENT)
+    return _answers(statuses, what, custom, PROBLEM_CONTENT, examples)
 
 
 def oip_errors(
@@ -44,3 +61,10 @@ def oip_errors(
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the Open Inference Protocol's `{"error"}` answers."""
     return _answers(statuses, what, custom, OIP_ERROR_CONTENT)
+
+
+def example(
+    status: int, body: Any, media_type: str = "application/json"
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` giving the `status` answer an example body."""
+    return {status: {"content": {media_type: {"example": body}}}}

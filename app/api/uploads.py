@@ -277,6 +277,15 @@ def upload_route(
 UploadDep = Annotated[UploadRoute, Depends(upload_route)]
 
 
+# The `name` form field of an upload: printable text (app/schemas/names.py).
+NAME_FIELD = {
+    "type": "string",
+    "maxLength": 200,
+    "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+    "description": "A name to list it by; defaults to the uploaded file's name.",
+}
+
+
 def upload_openapi(
     file_description: str, *, required: tuple[str, ...] = (), fields: dict[str, Any]
 ) -> dict[str, Any]:

@@ -273,12 +273,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def size_bytes_fp32(model: nn.Module) -> int:
-    """Bytes of the model's state (parameters and buffers) as stored: float32 for every
-    network built here, so the size of its fp32 weights file, less the file's header."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
 __all__ = [
     "ARCHS",
     "ArchInfo",
@@ -291,7 +285,6 @@ __all__ = [
     "known_archs",
     "register",
     "replace_head",
-    "size_bytes_fp32",
     "torchvision_weights",
     "weights_enum_names",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.schemas.common import NEXT_PAGE_TOKEN, UPLOAD_NAME
 from app.schemas.names import PrintableText
 
 
@@ -73,22 +74,49 @@ class CheckpointForm(BaseModel):
 
 
 class CheckpointOut(BaseModel):
-    id: str
-    name: str | None
-    arch: str
-    num_classes: int
-    in_channels: int
-    width: float
-    input_size: int | None
-    mean: list[float] | None = Field(description="Normalisation the weights expect, if known.")
-    std: list[float] | None
+    """An uploaded checkpoint: teacher weights checked against their architecture."""
+
+    id: str = Field(
+        description="The checkpoint's id (a UUID): a job's teacher names it as "
+        "`checkpoint_id` with `source: checkpoint`."
+    )
+    name: str | None = Field(description=UPLOAD_NAME)
+    arch: str = Field(
+        description="The architecture the weights fit: small_cnn or a torchvision "
+        "classification model's name."
+    )
+    num_classes: int = Field(description="Outputs of the checkpoint's head (its classes).")
+    in_channels: int = Field(
+        description="Channels of the data the weights were trained on, 1 (grey) or 3 (colour): "
+        "the form field, else read from the file, else 3."
+    )
+    width: float = Field(
+        description="small_cnn's channel multiplier (the form field, else read from the file's "
+        "channel counts); 1.0 for every other architecture."
+    )
+    input_size: int | None = Field(
+        description="Pixels a side the backbone was trained at, when the upload said so; a "
+        "teacher built from it resizes its inputs to this. Null: not given."
+    )
+    mean: list[float] | None = Field(
+        description="Normalisation mean the weights expect, one value per channel on the 0-1 "
+        "scale: the form field, else the file's `mean` buffer; null when unknown."
+    )
+    std: list[float] | None = Field(
+        description="Normalisation standard deviation the weights expect, one value per "
+        "channel on the 0-1 scale (each > 0); null when unknown."
+    )
     meta: dict[str, Any] = Field(
         description="layout (backbone or network state dict), tensors, params, and the above."
     )
-    size_bytes: int
-    created_at: datetime
+    size_bytes: int = Field(description="Size of the stored safetensors file, bytes.")
+    created_at: datetime = Field(description="When it was uploaded, RFC 3339 in UTC.")
 
 
 class CheckpointList(BaseModel):
-    checkpoints: list[CheckpointOut]
-    next_page_token: str | None
+    """One page of the caller's checkpoints, newest first."""
+
+    checkpoints: list[CheckpointOut] = Field(
+        description="At most `page_size` checkpoints, newest first."
+    )
+    next_page_token: str | None = Field(description=NEXT_PAGE_TOKEN)

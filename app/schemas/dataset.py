@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import NEXT_PAGE_TOKEN, UPLOAD_NAME
 from app.schemas.names import PrintableText
 
 
@@ -28,10 +29,17 @@ class DatasetForm(BaseModel):
 
 
 class DatasetOut(BaseModel):
-    id: str
-    name: str | None
+    """An uploaded dataset, validated on arrival."""
+
+    id: str = Field(
+        description='The dataset\'s id (a UUID): a job spec names it as `{"id": ...}` wherever '
+        "it takes a dataset."
+    )
+    name: str | None = Field(description=UPLOAD_NAME)
     format: Literal["npz", "image_folder"] = Field(description="What was uploaded.")
-    num_samples: int
+    num_samples: int = Field(
+        description="Samples stored, both splits together (`meta.split_sizes` has each)."
+    )
     task: str = Field(
         "classification",
         description="classification (integer y), or regression (float y: `targets` values a "
@@ -50,9 +58,11 @@ class DatasetOut(BaseModel):
         "mean/std on the 0-1 scale computed from the train split."
     )
     size_bytes: int = Field(description="Size of the stored, validated file.")
-    created_at: datetime
+    created_at: datetime = Field(description="When it was uploaded, RFC 3339 in UTC.")
 
 
 class DatasetList(BaseModel):
-    datasets: list[DatasetOut]
-    next_page_token: str | None
+    """One page of the caller's datasets, newest first."""
+
+    datasets: list[DatasetOut] = Field(description="At most `page_size` datasets, newest first.")
+    next_page_token: str | None = Field(description=NEXT_PAGE_TOKEN)

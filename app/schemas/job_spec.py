@@ -87,7 +87,13 @@ class DatasetRef(SpecModel):
 
 # --------------------------------------------------------------------------- training
 class OptimizerSpec(SpecModel):
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    """The optimiser of one stage."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field(
+        "adamw",
+        description="sgd (Nesterov momentum when momentum > 0), adam, or adamw (decoupled "
+        "weight decay).",
+    )
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="Decoupled for adamw, L2 for sgd.")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only (Nesterov).")
@@ -103,15 +109,31 @@ class SchedulerSpec(SpecModel):
 class StageSpec(SpecModel):
     """One fit: a dataset, how long, how big a batch, how to step."""
 
-    dataset: DatasetRef
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    dataset: DatasetRef = Field(
+        description="The data the stage fits on: a built-in set by name or an upload by id "
+        "(its train split unless `split` says otherwise)."
+    )
+    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the dataset.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Samples per optimiser step.")
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec,
+        description="Which optimiser, its peak learning rate and its weight decay.",
+    )
+    scheduler: SchedulerSpec = Field(
+        default_factory=SchedulerSpec,
+        description="How the learning rate moves over the stage (warm-up, then constant or "
+        "cosine decay).",
+    )
     augment: Literal["none", "flip", "crop", "flip_crop"] = Field(
         "none", description="Random augmentation, applied to tensors in batch."
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the cross-entropy on class labels, 0 (none) to below 1. "
+        "Training and fine-tuning use it; a distill stage's hard-label term does not.",
+    )
     eval_every: int = Field(
         1, ge=0, description="Evaluate every this many epochs (0: the last epoch only)."
     )
@@ -124,23 +146,66 @@ class StageSpec(SpecModel):
 
 
 # ----------------------------------------------------------------------------- models
+def _model_schema(schema: dict[str, Any]) -> None:
+    """OpenAPI for ModelSpec: the fields each `source` needs and allows, as one variant
+    per source (what `_fits_source` enforces), and the registered architectures."""
+    from app.core.archs import known_archs
+
+    schema["properties"]["arch"] = {
+        "anyOf": [{"type": "string", "enum": known_archs()}, {"type": "null"}],
+        "description": schema["properties"]["arch"].get("description", ""),
+        "default": None,
+    }
+    variants = []
+    for source, needed in _NEEDED_BY_SOURCE.items():
+        properties: dict[str, Any] = {"source": {"const": source}}
+        for field, owner in _ONLY_FOR_SOURCE.items():
+            if owner != source:
+                properties[field] = {"type": "null"}  # given only as null, if at all
+        for field in needed:
+            if field == "arch":
+                properties[field] = {"type": "string", "enum": known_archs()}
+            elif field != "train":
+                properties[field] = {"type": "string"}
+            else:
+                properties[field] = {"$ref": "#/components/schemas/StageSpec"}
+        # A spec without `source` is scratch (the default); every other source is named.
+        required = list(needed) if source == "scratch" else ["source", *needed]
+        variants.append({"title": source, "properties": properties, "required": required})
+    schema["oneOf"] = variants
+
+
 class ModelSpec(SpecModel):
     """A network: where its weights come from, and its architecture."""
+
+    model_config = ConfigDict(json_schema_extra=_model_schema)
 
     source: Literal["scratch", "train", "torchvision", "checkpoint", "model"] = Field(
         "scratch",
         description="scratch: random init; train: train `arch` on `train` first; torchvision: "
         "pretrained `weights`; checkpoint: an upload; model: an earlier job's student.",
     )
-    arch: str | None = Field(None, examples=["small_cnn", "resnet18"], validate_default=True)
+    arch: str | None = Field(
+        None,
+        description="A registered architecture: small_cnn (the founding document's student, "
+        "scaled by `width`) or any torchvision classification model by its name.",
+        examples=["small_cnn", "resnet18"],
+        validate_default=True,
+    )
     width: float = Field(1.0, gt=0, le=8, description="Channel multiplier (small_cnn).")
     weights: str | None = Field(
         None,
         description="torchvision weights enum name, e.g. IMAGENET1K_V1 (source torchvision).",
         validate_default=True,
     )
-    checkpoint_id: str | None = Field(None, validate_default=True)
-    model_id: str | None = Field(None, validate_default=True)
+    checkpoint_id: str | None = Field(
+        None,
+        description="source checkpoint: an uploaded checkpoint's id (POST /api/v1/checkpoints).",
+        validate_default=True,
+    )
+    model_id: str | None = Field(
+        None, description="source model: an earlier job's model id.", validate_default=True
+    )
     train: StageSpec | None = Field(
         None, description="source train: the source-task training.", validate_default=True
     )
@@ -183,17 +248,45 @@ _ONLY_FOR_SOURCE = {
 
 
 class Constraints(SpecModel):
-    min_accuracy: float | None = Field(None, ge=0, le=1)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_params: int | None = Field(None, ge=1)
-    max_size_bytes: int | None = Field(None, ge=1)
+    """What the served student must meet; any subset. The budgets (max_*) do not depend on
+    the weights: a candidate over one is skipped before it is trained."""
+
+    min_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Accuracy floor on the evaluation set, 0-1: the smallest candidate (fewest "
+        "parameters) at or above it is served. When none reaches it, the most accurate one is "
+        "served and the report says constraints_met false.",
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Budget on the median batch-1 forward time on the serving device, "
+        "milliseconds (the report's latency_ms).",
+    )
+    max_params: int | None = Field(
+        None, ge=1, description="Budget on the number of parameters of the network."
+    )
+    max_size_bytes: int | None = Field(
+        None, ge=1, description="Budget on the size of the student's model.safetensors, bytes."
+    )
 
 
 class SizeSearch(SpecModel):
     """Step 4 of the method: pick the student's size from the target's needs."""
 
-    candidates: list[ModelSpec] = Field(min_length=1, max_length=16)
-    constraints: Constraints = Field(default_factory=Constraints)
+    candidates: list[ModelSpec] = Field(
+        min_length=1,
+        max_length=16,
+        description="The students to choose from (1 to 16), each as a `student` model is "
+        "given. Each one within the budgets is distilled, fine-tuned and evaluated.",
+    )
+    constraints: Constraints = Field(
+        default_factory=Constraints,
+        description="The needs the choice follows. Without min_accuracy the most accurate "
+        "candidate within the budgets is served.",
+    )
 
 
 # ------------------------------------------------------------------------ distillation
@@ -227,7 +320,13 @@ class DistillLossSpec(SpecModel):
 
 
 class DistillStage(StageSpec):
-    loss: DistillLossSpec = Field(default_factory=DistillLossSpec)
+    """Training the student to match the teacher on `dataset` (labels optional)."""
+
+    loss: DistillLossSpec = Field(
+        default_factory=DistillLossSpec,
+        description="How the student's outputs are matched to the teacher's: mse, kl (soft "
+        "targets) or hint (feature regression), with their weights.",
+    )
     teacher_outputs: Literal["auto", "cache", "views", "live"] = Field(
         "auto",
         description="cache: the teacher's outputs computed once, reused every epoch (needs "
@@ -264,13 +363,28 @@ class FinetuneStage(StageSpec):
 
 
 class EvaluateSpec(SpecModel):
-    dataset: DatasetRef
+    """The set the finished networks are measured on."""
+
+    dataset: DatasetRef = Field(
+        description="The evaluation set; its `split` defaults to train like any dataset "
+        "reference, so name `test` for the holdout."
+    )
 
 
 # ---------------------------------------------------------------------------- job kinds
 class JobSpecBase(SpecModel):
-    name: str | None = Field(None, max_length=200)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    name: str | None = Field(
+        None,
+        max_length=200,
+        description="A name for people: shown in lists, and given to the finished model.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seeds every random choice (initial weights, sample picks, shuffling, "
+        "augmentation): the same spec and seed give the same result on a CPU.",
+    )
     max_attempts: int | None = Field(
         None, ge=1, le=20, description="Tries before a job whose worker keeps dying is FAILED."
     )
@@ -280,9 +394,14 @@ class JobSpecBase(SpecModel):
 
 
 class TrainJobSpec(JobSpecBase):
-    kind: Literal["train"]
-    model: ModelSpec
-    train: StageSpec
+    """Supervised training of one network, from scratch or from pretrained weights."""
+
+    kind: Literal["train"] = Field(description="train: supervised training of `model`.")
+    model: ModelSpec = Field(
+        description="The network to train: a fresh one (scratch) or one with weights "
+        "(torchvision, checkpoint, model); source train is for teachers only."
+    )
+    train: StageSpec = Field(description="The training: dataset, epochs, optimiser.")
 
     @model_validator(mode="after")
     def _model_source(self) -> TrainJobSpec:
@@ -292,16 +411,32 @@ class TrainJobSpec(JobSpecBase):
 
 
 class DistillJobSpec(JobSpecBase):
-    kind: Literal["distill"]
-    teacher: ModelSpec
-    student: ModelSpec
-    distill: DistillStage
+    """A teacher distilled into a student, with no fine-tuning on a target."""
+
+    kind: Literal["distill"] = Field(
+        description="distill: train `student` to match `teacher` on the distill set."
+    )
+    teacher: ModelSpec = Field(
+        description="The network that teaches: trained here, pretrained, uploaded or an "
+        "earlier job's model. It gets no gradients."
+    )
+    student: ModelSpec = Field(description="The network that learns; it becomes the model.")
+    distill: DistillStage = Field(
+        description="The distillation: the distill set (labels optional), loss and schedule."
+    )
 
 
 class FinetuneJobSpec(JobSpecBase):
-    kind: Literal["finetune"]
-    model: ModelSpec
-    finetune: FinetuneStage
+    """One network fine-tuned on a target task."""
+
+    kind: Literal["finetune"] = Field(description="finetune: train `model` on the target task.")
+    model: ModelSpec = Field(
+        description="The network to adapt, usually one with weights (an earlier job's model, "
+        "a checkpoint, torchvision); its head is replaced when the class count changes."
+    )
+    finetune: FinetuneStage = Field(
+        description="The fine-tuning: the target's labelled data, loss and schedule."
+    )
     teacher: ModelSpec | None = Field(None, description="Needed when finetune.kd_weight > 0.")
 
     @model_validator(mode="after")
@@ -312,16 +447,45 @@ class FinetuneJobSpec(JobSpecBase):
 
 
 class PipelineJobSpec(JobSpecBase):
-    kind: Literal["pipeline"]
-    strategy: Literal["distill_then_finetune", "finetune_then_distill"] = "distill_then_finetune"
-    teacher: ModelSpec
-    student: ModelSpec | SizeSearch
-    distill: DistillStage
-    finetune: FinetuneStage
-    baseline: bool = Field(
-        False, description="Also train the student from scratch on the target data alone."
+    """The whole method: teacher -> student -> target, with a report."""
+
+    kind: Literal["pipeline"] = Field(
+        description="pipeline: obtain the teacher, distill it into the student, fine-tune the "
+        "student on the target, and report teacher vs student."
+    )
+    strategy: Literal["distill_then_finetune", "finetune_then_distill"] = Field(
+        "distill_then_finetune",
+        description="distill_then_finetune: distill the source teacher, then fine-tune the "
+        "student on the target. finetune_then_distill: fine-tune the teacher on the target "
+        "first, then distill the adapted teacher and fine-tune the student.",
+    )
+    teacher: ModelSpec = Field(
+        description="The big network: trained here (source train), pretrained (torchvision), "
+        "uploaded (checkpoint) or an earlier job's model."
+    )
+    student: ModelSpec | SizeSearch = Field(
+        description="The small network that is served, or a size search: candidates and "
+        "constraints, from which one student is chosen."
+    )
+    distill: DistillStage = Field(
+        description="Distillation of the teacher into the student, on the distill set "
+        "(labels optional)."
+    )
+    finetune: FinetuneStage = Field(
+        description="Fine-tuning of the student on the target's labelled data (also the "
+        "settings of teacher_finetune and of the baseline)."
+    )
+    baseline: bool | None = Field(
+        None,
+        description="Also train the student from scratch on the target data alone (the "
+        "report's `baseline` and `gain_over_baseline`: what distillation bought). Unset: on "
+        "for students of at most 5M parameters, whose training costs a fraction of the "
+        "teacher's; false turns it off.",
     )
 
+
+# The job kinds, in the order a user meets them.
+JOB_KINDS = ("pipeline", "distill", "finetune", "train")
 
 JobSpec = Annotated[
     TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec,

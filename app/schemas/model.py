@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.schemas.common import NEXT_PAGE_TOKEN
+
 
 class ModelInput(BaseModel):
     name: str = Field(description="Input tensor name (V2 metadata and the ONNX graph).")
@@ -24,21 +26,38 @@ class Normalization(BaseModel):
 
 
 class ModelOut(BaseModel):
-    id: str
-    name: str | None
-    arch: str
+    """A finished student, as this server serves it."""
+
+    id: str = Field(
+        description="The model's id (a UUID); also its model name on the /v2 routes and a "
+        "model_id for a later job's `source: model`."
+    )
+    name: str | None = Field(
+        description="The name of the job it came from; null when the job had none."
+    )
+    arch: str = Field(
+        description="Its architecture: small_cnn or a torchvision classification model's name."
+    )
     task: str = Field(
         "classification",
         description="classification, or regression (outputs are float targets, named in "
         "`classes`: target_0, ...; /predict answers `values`).",
     )
     classes: list[str] = Field(description="Class names, index order.")
-    num_classes: int
-    input: ModelInput
-    normalization: Normalization
+    num_classes: int = Field(
+        description="Outputs of the network: its classes, or its targets for regression."
+    )
+    input: ModelInput = Field(description="The input tensor it takes, and on what scale.")
+    normalization: Normalization = Field(
+        description="The normalisation the model applies to its inputs itself; clients send "
+        "unnormalised values on `input.scale`."
+    )
     metrics: dict[str, Any] = Field(description="Evaluation figures of the finished model.")
     job_id: str | None = Field(description="The job it came from.")
-    params: int
+    params: int = Field(
+        description="Number of parameters of the network (its preprocessing buffers are not "
+        "counted)."
+    )
     size_bytes: int = Field(description="Size of model.safetensors.")
     files: list[str] = Field(description="Artifacts to download from .../artifacts/{name}.")
     backends: dict[str, Any] | None = Field(
@@ -51,12 +70,16 @@ class ModelOut(BaseModel):
     )
     serving_backend: str = Field(description="The backend this server runs it with.")
     loaded: bool = Field(description="Whether it is in this server's memory now.")
-    created_at: datetime
+    created_at: datetime = Field(
+        description="When its job finished and stored it, RFC 3339 in UTC."
+    )
 
 
 class ModelList(BaseModel):
-    models: list[ModelOut]
-    next_page_token: str | None
+    """One page of the caller's models, newest first."""
+
+    models: list[ModelOut] = Field(description="At most `page_size` models, newest first.")
+    next_page_token: str | None = Field(description=NEXT_PAGE_TOKEN)
 
 
 class PredictRequest(BaseModel):
@@ -68,11 +91,21 @@ class PredictRequest(BaseModel):
         "colour converted.",
         examples=[[[[0.0, 0.5], [1.0, 0.25]]]],
     )
+    scale: float | None = Field(
+        None,
+        gt=0,
+        description="The scale `inputs` are on, when it is not the model's (e.g. 255 for "
+        "0-255 pixels sent to a 0-1 model): they are rescaled. Without it, values outside "
+        "the model's range answer 422 naming the range it expects.",
+        examples=[255],
+    )
 
 
 class TopK(BaseModel):
-    label: str
-    score: float
+    """One of the k most likely classes."""
+
+    label: str = Field(description="The class's name.")
+    score: float = Field(description="Its softmax probability, 0-1.")
 
 
 class Prediction(BaseModel):

@@ -27,10 +27,15 @@ class ServiceError(Exception):
 class NotFoundError(ServiceError):
     """No such row for this owner (another owner's row is not found either)."""
 
-    def __init__(self, what: str, id_: str, detail: str | None = None) -> None:
-        super().__init__(detail or f"{what} {id_} does not exist")
+    def __init__(
+        self, what: str, id_: str, detail: str | None = None, *, hint: str | None = None
+    ) -> None:
+        """`hint`: what the id names instead ("this is a job id; its model is ...")."""
+        text = detail or f"{what} {id_} does not exist"
+        super().__init__(text + (f"; {hint}" if hint else ""))
         self.what = what
         self.id = id_
+        self.hint = hint
 
 
 class ConflictError(ServiceError):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core import job_states
 from app.core.files import remove_path
+from app.models import Checkpoint, Dataset, Job, TrainedModel
 from app.models.base import storable
 from app.services.errors import ConflictError, NotFoundError
 from app.services.paging import next_token, paginate
@@ -56,8 +57,30 @@ def get_owned(
     it `FOR UPDATE` (see `find_owned`)."""
     row = find_owned(session, model, owner=owner, id_=id_, lock="update" if lock else None)
     if row is None:
-        raise NotFoundError(what, id_ if storable(id_) else repr(id_))
+        if not storable(id_):
+            raise NotFoundError(what, repr(id_))
+        raise NotFoundError(what, id_, hint=what_it_is(session, owner=owner, id_=id_, besides=what))
     return row
+
+
+def what_it_is(session: Session, *, owner: str, id_: str, besides: str) -> str | None:
+    """What the owner's id names when it is not a `besides`: "this is a job id; its model
+    is ..." for a job id sent where a model id goes (and so on), or None."""
+    if besides != "job":
+        job = session.execute(select(Job.model_id).where(Job.id == id_, Job.owner == owner)).first()
+        if job is not None:
+            tail = f"its model is {job[0]}" if job[0] else "it has no model (yet)"
+            return f"this is a job id; {tail}"
+    if besides != "model":
+        made_by = session.execute(
+            select(TrainedModel.job_id).where(TrainedModel.id == id_, TrainedModel.owner == owner)
+        ).first()
+        if made_by is not None:
+            return f"this is a model id (of job {made_by[0]})"
+    for table, name in ((Dataset, "dataset"), (Checkpoint, "checkpoint")):
+        if besides != name and find_owned(session, table, owner=owner, id_=id_) is not None:
+            return f"this is a {name} id"
+    return None
 
 
 def list_owned(

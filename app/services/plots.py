@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from app.schemas.job import MetricHistory
 
@@ -18,8 +19,24 @@ from app.schemas.job import MetricHistory
 DPI = 110
 
 
+# What each panel plots: (metric key, legend label). Loss above, fractions below.
+LOSS_CURVES = (
+    ("train_loss", "train loss"),
+    ("val_loss", "eval loss"),
+    ("val_mse", "eval mse"),
+)
+FRACTION_CURVES = (
+    ("train_accuracy", "train accuracy"),
+    ("val_accuracy", "eval accuracy"),
+    ("val_agreement", "agreement with the teacher"),
+)
+
+
 def learning_curves(history: MetricHistory, *, title: str, fmt: str) -> bytes | None:
-    """Training loss and validation figures per epoch, one column per stage."""
+    """Loss (train and evaluation) above, accuracy and agreement below, per epoch, one
+    column per stage. A distill stage plots agreement with the teacher; accuracy there
+    only where the distill set's labels are the teacher's classes (the stage then
+    reports it)."""
     stages = {k: v for k, v in history.stages.items() if v}
     if not stages:
         return None
@@ -28,27 +45,47 @@ def learning_curves(history: MetricHistory, *, title: str, fmt: str) -> bytes | 
     )
     for col, (stage, points) in enumerate(stages.items()):
         epochs = [p["epoch"] for p in points]
-        loss_ax, val_ax = axes[0][col], axes[1][col]
-        loss_ax.plot(epochs, [p.get("train_loss") for p in points], marker=".", label="train loss")
+        loss_ax, frac_ax = axes[0][col], axes[1][col]
+        _plot(loss_ax, epochs, points, LOSS_CURVES)
         loss_ax.set_title(stage)
         loss_ax.set_ylabel("loss")
-        loss_ax.grid(alpha=0.3)
-        for key, label in (
-            ("train_accuracy", "train accuracy"),
-            ("val_accuracy", "eval accuracy"),
-            ("val_agreement", "agreement with teacher"),
-        ):
-            values = [p.get(key) for p in points]
-            if any(v is not None for v in values):
-                val_ax.plot(epochs, values, marker=".", label=label)
-        val_ax.set_ylim(0, 1.02)
-        val_ax.set_xlabel("epoch")
-        val_ax.set_ylabel("fraction")
-        val_ax.grid(alpha=0.3)
-        val_ax.legend(loc="lower right", fontsize=8)
+        if not _plot(frac_ax, epochs, points, _fraction_curves(stage, points)):
+            frac_ax.text(0.5, 0.5, "no accuracy (regression)", ha="center", va="center")
+        frac_ax.set_ylim(0, 1.02)
+        frac_ax.set_xlabel("epoch")
+        frac_ax.set_ylabel("fraction")
+        for ax in (loss_ax, frac_ax):
+            # Epochs are whole numbers: no 1.5 on the axis.
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return _render(fig, fmt)
+
+
+def _fraction_curves(stage: str, points: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """Accuracy against labels, except in a distill stage whose labels are not the
+    teacher's classes (it evaluates agreement only): jobs stored before the stage stopped
+    reporting a train accuracy there still have one, which would read as a failure."""
+    labelled = any(p.get("val_accuracy") is not None for p in points)
+    if stage.startswith("distill") and not labelled:
+        return tuple(c for c in FRACTION_CURVES if c[0] == "val_agreement")
+    return FRACTION_CURVES
+
+
+def _plot(
+    ax: Any, epochs: list[int], points: list[dict[str, Any]], curves: tuple[tuple[str, str], ...]
+) -> bool:
+    """Plot each curve that has values; whether any did."""
+    drawn = False
+    for key, label in curves:
+        values = [p.get(key) for p in points]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, marker=".", label=label)
+            drawn = True
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+    return drawn
 
 
 def pareto(report: dict[str, Any], *, title: str, fmt: str) -> bytes | None:

@@ -208,6 +208,31 @@ def conform(
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+# The slack on a model's range before inputs are refused as off scale (fraction of it):
+# rounding and resizing may overshoot 1.0 or 255 by a hair.
+RANGE_SLACK = 1e-3
+
+
+def on_model_scale(
+    x: np.ndarray, *, field: str, model_scale: float, given_scale: float | None
+) -> np.ndarray:
+    """`x` on the model's scale: rescaled from `given_scale` when the caller names one;
+    else checked to lie in 0..model_scale, because 0-255 pixels sent to a 0-1 model
+    would be answered with a confident, wrong label instead of an error."""
+    if given_scale is not None:
+        return (x * np.float32(model_scale / given_scale)).astype(np.float32, copy=False)
+    lo, hi = float(x.min()), float(x.max())
+    slack = RANGE_SLACK * model_scale
+    if lo < -slack or hi > model_scale + slack:
+        raise InputError(
+            field,
+            f"has values from {lo:g} to {hi:g}, but this model takes inputs on "
+            f"0-{model_scale:g} (its training data's scale): send them on that scale, or "
+            f'add "scale": <the scale they are on> (e.g. 255) to have them rescaled',
+        )
+    return x
+
+
 # ------------------------------------------------------------------------------ images
 def images_to_input(
     files: Sequence[tuple[str, bytes]],

@@ -22,6 +22,7 @@ from app.serving.inputs import (
     images_to_input,
     json_object,
     nested_array,
+    on_model_scale,
 )
 from app.serving.oip import softmax
 from app.serving.server import ModelServer
@@ -42,13 +43,21 @@ async def json_body_inputs(body: bytes, model: LoadedModel, limits: Limits) -> n
 
 def json_inputs(body: bytes, model: LoadedModel, limits: Limits) -> np.ndarray:
     data = json_object(body, expected=': {"inputs": [...]}')
-    unknown = sorted(set(data) - {"inputs"})
+    unknown = sorted(set(data) - {"inputs", "scale"})
     if unknown:
-        raise InputError(unknown[0], 'is an unknown field; the body is {"inputs": [...]}')
+        raise InputError(
+            unknown[0], 'is an unknown field; the body is {"inputs": [...], "scale": optional}'
+        )
     if "inputs" not in data:
         raise InputError("inputs", "is missing")
+    given = data.get("scale")
+    if given is not None and (
+        isinstance(given, bool) or not isinstance(given, int | float) or not 0 < given < 1e9
+    ):
+        raise InputError("scale", "must be a positive number (e.g. 255 for 0-255 pixels)")
     x = nested_array(data["inputs"], field="inputs", limits=limits)
-    return conform(x, field="inputs", shape=model.input_shape, limits=limits, strict=False)
+    x = conform(x, field="inputs", shape=model.input_shape, limits=limits, strict=False)
+    return on_model_scale(x, field="inputs", model_scale=model.scale, given_scale=given)
 
 
 async def image_inputs(

@@ -205,7 +205,7 @@ INVALID_SPECS = [
     ("epochs not a number", "train.epochs", "many", "train.epochs", "integer"),
     ("negative lr", "train.optimizer", {"lr": -1}, "train.optimizer.lr", "greater than"),
     ("wrong kind", "kind", "bake", "kind", "bake"),
-    ("missing kind", "kind", _DELETE, "kind", "kind"),
+    ("missing kind", "kind", _DELETE, "kind", "one of pipeline, distill, finetune, train"),
     ("missing stage", "train", _DELETE, "train", "required"),
     ("missing dataset", "train.dataset", _DELETE, "train.dataset", "required"),
     ("missing model", "model", _DELETE, "model", "required"),

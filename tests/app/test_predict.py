@@ -90,6 +90,38 @@ def test_json_predictions_match_the_model(client, alice, grey, student_folder):
         assert p["top_k"][0]["score"] >= p["top_k"][1]["score"]
 
 
+def test_inputs_off_the_model_scale_are_refused_unless_the_scale_is_said(client, alice, grey):
+    x = np.random.default_rng(3).random((2, 1, 8, 8)).astype(np.float32)
+    on_scale = predict(client, alice, grey, json={"inputs": x.tolist()}).json()
+    # 0-255 pixels sent to a 0-1 model: a confident wrong label before, a 422 now.
+    pixels = (x * 255).tolist()
+    body = assert_problem(predict(client, alice, grey, json={"inputs": pixels}), 422, "inputs")
+    assert "0-1" in body["detail"] and '"scale"' in body["detail"]
+    # Saying the scale rescales them: the same answer as the 0-1 inputs.
+    r = predict(client, alice, grey, json={"inputs": pixels, "scale": 255})
+    assert r.status_code == 200, r.text
+    assert [p["index"] for p in r.json()["predictions"]] == [
+        p["index"] for p in on_scale["predictions"]
+    ]
+    assert_problem(predict(client, alice, grey, json={"inputs": pixels, "scale": 0}), 422, "scale")
+    negative = (x - 0.5).tolist()
+    assert_problem(predict(client, alice, grey, json={"inputs": negative}), 422, "inputs")
+
+
+def test_an_id_of_another_kind_says_what_it_is(client, alice, grey):
+    from tests.helpers import tiny_train_spec
+
+    job = client.post("/api/v1/jobs", json=tiny_train_spec(), headers=alice).json()
+    body = assert_problem(client.get(f"/api/v1/models/{job['id']}", headers=alice), 404)
+    assert body["detail"].endswith("this is a job id; it has no model (yet)")
+    r = predict(client, alice, job["id"], json={"inputs": [[[0.0]]]})
+    assert "this is a job id" in assert_problem(r, 404)["detail"]
+    body = assert_problem(client.get(f"/api/v1/jobs/{grey}", headers=alice), 404)
+    assert "this is a model id" in body["detail"]
+    v2 = client.get(f"/v2/models/{job['id']}", headers=alice)
+    assert v2.status_code == 404 and "this is a job id" in v2.json()["error"]
+
+
 def test_n_h_w_is_n_1_h_w(client, alice, grey):
     x = np.random.default_rng(1).random((2, 8, 8))
     a = predict(client, alice, grey, json={"inputs": x.tolist()}).json()

@@ -90,7 +90,7 @@ def test_cli_submit_wait(stack: Stack):
     assert final["id"] == queued["id"] and final["state"] == "SUCCEEDED"
     assert final["model_id"] and final["metrics"]["accuracy"] > 0.5
 
-    status = stack.run_cli("status", queued["id"], **env)
+    status = stack.run_cli("status", queued["id"], "--json", **env)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "SUCCEEDED"
 
@@ -109,7 +109,8 @@ def test_pipeline_end_to_end_over_http(stack: Stack):
     events = stack.events(job["id"])
     assert states(events) == ["QUEUED", "RUNNING", "SUCCEEDED"], stack.logs()
     started = [e.data["stage"] for e in events if e.type == "progress" and e.data.get("epoch") == 0]
-    assert started == ["teacher", "distill", "finetune", "baseline"]
+    # The teacher predicts digits 0-4: a copy is fine-tuned on 5-9 for the report.
+    assert started == ["teacher", "distill", "finetune", "teacher_finetune", "baseline"]
     done = stack.job(job["id"])
     report = done["report"]
     assert report["strategy"] == "distill_then_finetune"
@@ -118,7 +119,13 @@ def test_pipeline_end_to_end_over_http(stack: Stack):
 
     http = stack.client()
     history = http.get(f"/api/v1/jobs/{job['id']}/metrics").json()
-    assert set(history["stages"]) == {"teacher", "distill", "finetune", "baseline"}
+    assert set(history["stages"]) == {
+        "teacher",
+        "distill",
+        "finetune",
+        "teacher_finetune",
+        "baseline",
+    }
     curves = http.get(f"/api/v1/jobs/{job['id']}/plots/learning_curves.png")
     assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
     assert http.get(f"/api/v1/jobs/{job['id']}/plots/pareto.png").status_code == 404

@@ -77,7 +77,10 @@ def test_checkpoint_teacher_small_cnn_network_state(env, client, alice):
     )
     job = run(pipeline({"source": "checkpoint", "checkpoint_id": ckpt}))
     assert job.state == "SUCCEEDED", job.error
-    assert job.report["teacher"]["params"] == sum(p.numel() for p in net.parameters())
+    # The report measures the teacher fine-tuned on the target's two classes: the
+    # checkpoint's network with a two-class head.
+    on_target = build_network(NetworkConfig("small_cnn", 2, 1, 8, width=1.0))
+    assert job.report["teacher"]["params"] == sum(p.numel() for p in on_target.parameters())
 
 
 def test_checkpoint_teacher_bare_torchvision_state(env, client, alice):

@@ -12,16 +12,16 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.api.responses import problems
+from app.api.deps import OwnerDep, PageSize, PageToken, SessionDep, SettingsDep, WriteSessionDep
+from app.api.responses import example, problems
 from app.db import get_sessionmaker
 from app.models import FINISHED_STATES, Job, JobState
 from app.schemas.job import JobList, JobOut, MetricHistory
 from app.schemas.job_spec import JobSpec
+from app.services import examples
 from app.services import jobs as jobs_service
-from app.services.errors import InvalidError, field_error
 from app.services.examples import JOB_EXAMPLES
-from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from app.services.paging import DEFAULT_PAGE_SIZE
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -44,6 +44,14 @@ MAX_EVENT_ID = 2**63 - 1
         200: {"description": "Replay of an Idempotency-Key", "model": JobOut},
     },
     summary="Submit a job",
+    description="Checks the spec completely and queues the job for a worker: shape and "
+    "ranges first, then names, classes, uploads and models against the registries and your "
+    "own data, every problem at once (422, `errors` naming each field; invalid JSON too). "
+    "Answers 201 with the QUEUED job, defaults filled into its `spec`, and a `Location` "
+    "header. With an `Idempotency-Key` header the same key and body answer 200 with the "
+    "first job, and the same key with another body answers 422. A body over "
+    "STILLHOUSE_MAX_SPEC_BYTES (1 MiB) answers 413 before it is parsed; a Content-Length "
+    "that is not a number, 400.",
 )
 async def create_job(
     request: Request,
@@ -70,14 +78,24 @@ async def create_job(
     return jobs_service.job_out(job)
 
 
-@router.get("", response_model=JobList, responses=ERRORS, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobList,
+    responses={**ERRORS, **example(200, examples.JOB_LIST)},
+    summary="List jobs, newest first",
+    description="Answers a page of your jobs, newest first: `page_size` of them (default "
+    "50, at most 500), and `next_page_token` to pass as `page_token` for the next page (null "
+    "on the last). `state` and `kind` keep only the jobs in that state or of that kind. Each "
+    "job is the body GET /api/v1/jobs/{job_id} answers. A `page_token` this service did not "
+    "issue answers 422.",
+)
 def list_jobs(
     owner: OwnerDep,
     session: SessionDep,
     state: Annotated[JobState | None, Query()] = None,
     kind: Annotated[Literal["pipeline", "distill", "finetune", "train"] | None, Query()] = None,
-    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    page_token: Annotated[str | None, Query()] = None,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
+    page_token: PageToken = None,
 ) -> JobList:
     rows, token = jobs_service.list_jobs(
         session, owner=owner, state=state, kind=kind, page_size=page_size, page_token=page_token
@@ -85,27 +103,62 @@ def list_jobs(
     return JobList(jobs=[jobs_service.job_out(j) for j in rows], next_page_token=token)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS, summary="Get a job")
+@router.get(
+    "/{job_id:id}",
+    response_model=JobOut,
+    responses={**ERRORS, **example(200, examples.SUCCEEDED_PIPELINE_JOB)},
+    summary="Get a job",
+    description="Answers the job: its spec as accepted, its state, current stage and "
+    "progress, its latest metrics, and once it has finished its `error` (FAILED) or its "
+    "`model_id` (SUCCEEDED), with a pipeline's `report` (teacher vs student: accuracy, "
+    "parameters, size, latency, compression, speedup, and the scratch-trained baseline). "
+    "Another owner's job answers 404, exactly like a missing one; the id of another kind of "
+    "thing (a model's, say) answers 404 saying what it is.",
+)
 def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
     return jobs_service.job_out(jobs_service.get_owned(session, owner, job_id))
 
 
 @router.post(
-    "/{job_id}:cancel",
+    "/{job_id:id}:cancel",
     status_code=202,
     response_model=JobOut,
-    responses=problems(401, 404, 409, what="job", custom={409: "The job already finished"}),
+    responses={
+        **problems(401, 404, 409, what="job", custom={409: "The job already finished"}),
+        **example(202, examples.CANCELLING_PIPELINE_JOB),
+    },
     summary="Cancel a job (CANCELLED if queued, CANCELLING while it runs)",
+    description="Cancels the job and answers 202 with it. A QUEUED job is CANCELLED at "
+    "once; a RUNNING one becomes CANCELLING, and its worker stops at its next training step "
+    "(within about a second) and marks it CANCELLED. A job already CANCELLING or CANCELLED "
+    "answers 202 unchanged; one that SUCCEEDED or FAILED answers 409.",
 )
 def cancel_job(job_id: str, owner: OwnerDep, session: WriteSessionDep) -> JobOut:
     return jobs_service.job_out(jobs_service.cancel_job(session, owner=owner, job_id=job_id))
 
 
 @router.delete(
-    "/{job_id}",
+    "/{job_id:id}",
     status_code=204,
-    responses=problems(401, 404, 409, what="job", custom={409: "The job has not finished"}),
+    responses=problems(
+        401,
+        404,
+        409,
+        what="job",
+        custom={409: "The job has not finished"},
+        examples={
+            409: examples.conflict(
+                f"/api/v1/jobs/{examples.PIPELINE_JOB_ID}",
+                f"job {examples.PIPELINE_JOB_ID} is RUNNING; cancel it and wait for it to "
+                "finish first",
+            )
+        },
+    ),
     summary="Delete a finished job (its model stays)",
+    description="Deletes a job that has finished (SUCCEEDED, FAILED or CANCELLED), with its "
+    "events and checkpoints; the model it made stays until it is deleted on its own. "
+    "Answers 204 with no body. A job still QUEUED, RUNNING or CANCELLING answers 409: cancel "
+    "it and wait for it to finish first.",
 )
 def delete_job(
     job_id: str, owner: OwnerDep, session: WriteSessionDep, settings: SettingsDep
@@ -115,48 +168,60 @@ def delete_job(
 
 
 @router.get(
-    "/{job_id}/metrics",
+    "/{job_id:id}/metrics",
     response_model=MetricHistory,
-    responses=ERRORS,
+    responses={**ERRORS, **example(200, examples.METRIC_HISTORY)},
     summary="Metric history, per stage and epoch",
+    description="Answers every epoch's figures of the job in order (`metrics`), and the same "
+    "grouped by stage (`stages`). Each epoch has train_loss, lr and, with class labels, "
+    "train_accuracy; evaluated epochs add the evaluation set's figures prefixed val_ "
+    "(val_agreement with the teacher in a distill stage). Empty until an epoch has ended.",
 )
 def job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricHistory:
     return jobs_service.metric_history(session, owner=owner, job_id=job_id)
 
 
 @router.get(
-    "/{job_id}/events",
+    "/{job_id:id}/events",
     responses={
         **ERRORS,
         200: {
             "description": "Server-Sent Events: `progress`, `metric`, `log` and `state`, each "
             "with an `id:`; reconnect with Last-Event-ID (or ?after=) to resume. The stream "
             "ends after the job's final state event.",
-            "content": {"text/event-stream": {}},
+            "content": {"text/event-stream": {"example": examples.EVENT_STREAM}},
         },
     },
     response_class=StreamingResponse,
     summary="Stream a job's events",
+    description="Streams the job's events as Server-Sent Events, from its first (or after "
+    "the id in Last-Event-ID or ?after=): `state` at each transition, `progress` when a stage "
+    "starts and then about every STILLHOUSE_PROGRESS_INTERVAL_SECONDS (1 s) while it "
+    "trains, `metric` once an epoch, and `log`. Each event has an `id:`, increasing, so a "
+    "client that reconnects with the last id it saw misses nothing. A keep-alive comment "
+    "goes out after 15 s of silence; the stream ends after the job's final state event.",
 )
 def job_events(
     job_id: str,
     owner: OwnerDep,
     session: SessionDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            pattern=r"^[0-9]{0,18}$",
+            description="Resume after this event id (what EventSource sends on a "
+            "reconnect); empty: from the start.",
+        ),
+    ] = "",
     after: Annotated[
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="Resume after this event id.")
     ] = None,
 ) -> StreamingResponse:
     jobs_service.get_owned(session, owner, job_id)
     start = after or 0
-    if last_event_id is not None:
-        try:
-            resume = int(last_event_id)
-        except ValueError:
-            resume = MAX_EVENT_ID + 1
-        if resume > MAX_EVENT_ID:
-            raise InvalidError([field_error("header.Last-Event-ID", "must be an event id")])
-        start = max(start, resume)
+    if last_event_id:  # at most 18 digits (the pattern): always a storable event id
+        start = max(start, int(last_event_id))
     return StreamingResponse(
         _stream(job_id, start),
         media_type="text/event-stream",

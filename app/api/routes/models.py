@@ -10,14 +10,23 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from app.api.body_limit import prediction_limit, read_body
-from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
-from app.api.responses import problems
+from app.api.deps import (
+    BEARER_SECURITY,
+    OwnerDep,
+    PageSize,
+    PageToken,
+    SessionDep,
+    SettingsDep,
+    WriteSessionDep,
+)
+from app.api.responses import example, problems
 from app.api.uploads import image_files
 from app.config import Settings, get_settings
 from app.models import TrainedModel
 from app.schemas.model import ModelList, ModelOut, PredictRequest, PredictResponse
+from app.services import examples
 from app.services import models as models_service
-from app.services.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from app.services.paging import DEFAULT_PAGE_SIZE
 from app.serving import predict as predictor
 from app.serving.access import authorized_ref, model_ref
 from app.serving.backends import LoadedModel, choose_backend
@@ -56,14 +65,23 @@ def _backend_of(settings: Settings, server: ModelServer, row: TrainedModel) -> s
     )
 
 
-@router.get("", response_model=ModelList, responses=ERRORS, summary="List models, newest first")
+@router.get(
+    "",
+    response_model=ModelList,
+    responses={**ERRORS, **example(200, examples.MODEL_LIST)},
+    summary="List models, newest first",
+    description="Answers a page of your models (the students of jobs that succeeded), "
+    "newest first: `page_size` of them (default 50, at most 500), and `next_page_token` for "
+    "the next page (null on the last). Each is the body GET /api/v1/models/{model_id} "
+    "answers. A `page_token` this service did not issue answers 422.",
+)
 def list_models(
     request: Request,
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
-    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    page_token: Annotated[str | None, Query()] = None,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
+    page_token: PageToken = None,
 ) -> ModelList:
     rows, token = models_service.list_models(
         session, owner=owner, page_size=page_size, page_token=page_token
@@ -82,7 +100,17 @@ def list_models(
     )
 
 
-@router.get("/{model_id}", response_model=ModelOut, responses=ERRORS, summary="Get a model")
+@router.get(
+    "/{model_id:id}",
+    response_model=ModelOut,
+    responses={**ERRORS, **example(200, examples.MODEL)},
+    summary="Get a model",
+    description="Answers the model: architecture, class names, the input it takes and on "
+    "what scale, its own normalisation, evaluation metrics, the job it came from, its "
+    "files, the ONNX check and backend timings, the backend this server serves it with and "
+    "whether it is loaded. Another owner's model answers 404, exactly like a missing one; "
+    "one of your job ids answers 404 naming the job's model, if it has one yet.",
+)
 def get_model(
     model_id: str, request: Request, owner: OwnerDep, session: SessionDep, settings: SettingsDep
 ) -> ModelOut:
@@ -94,12 +122,28 @@ def get_model(
 
 
 @router.delete(
-    "/{model_id}",
+    "/{model_id:id}",
     status_code=204,
     responses=problems(
-        401, 404, 409, what="model", custom={409: "An unfinished job starts from this model"}
+        401,
+        404,
+        409,
+        what="model",
+        custom={409: "An unfinished job starts from this model"},
+        examples={
+            409: examples.conflict(
+                f"/api/v1/models/{examples.PIPELINE_MODEL_ID}",
+                f"model {examples.PIPELINE_MODEL_ID} is the starting point of unfinished "
+                f"job(s) {examples.TRAIN_JOB_ID}; cancel them or wait for them to finish first",
+            )
+        },
     ),
     summary="Delete a model: its row, its artifacts, and its copy in memory",
+    description="Deletes the model: its row, its artifact folder and its copy in this "
+    "server's memory; answers 204 with no body. Predictions for it stop at once on this "
+    "server (other API processes may serve it for up to STILLHOUSE_SERVING_LOOKUP_TTL_SECONDS). "
+    "While a job that has not finished starts from it (`source: model`), answers 409 naming "
+    "the job(s).",
 )
 def delete_model(
     model_id: str,
@@ -116,16 +160,25 @@ def delete_model(
 
 
 @router.get(
-    "/{model_id}/artifacts/{name}",
+    "/{model_id:id}/artifacts/{name}",
     responses={
         **ERRORS,
         200: {
             "description": "The file: model.safetensors, model.json or model.onnx",
-            "content": {"application/octet-stream": {}, "application/json": {}},
+            "content": {
+                "application/octet-stream": {},
+                "application/json": {"example": examples.MODEL_JSON},
+            },
         },
     },
     response_class=FileResponse,
     summary="Download an artifact",
+    description="Answers one of the model's files as a download: `model.safetensors` (the "
+    "weights, with the preprocessing buffers), `model.json` (architecture, classes, input, "
+    "normalisation, metrics, the ONNX check and backend timings) or `model.onnx` (opset "
+    "17, dynamic batch axis). Another name answers 404 listing the artifacts; a model "
+    "without an ONNX file (its export or check failed) answers 404 with the reason "
+    "recorded.",
 )
 def download_artifact(
     model_id: str, name: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep
@@ -136,18 +189,28 @@ def download_artifact(
 
 
 @router.post(
-    "/{model_id}/predict",
+    "/{model_id:id}/predict",
     response_model=PredictResponse,
-    responses=PREDICT_ERRORS,
+    responses={**PREDICT_ERRORS, **example(200, examples.PREDICT_RESPONSE)},
     summary="Predict: JSON tensors or PNG/JPEG files",
     description='JSON `{"inputs": [...]}` (N x C x H x W or N x H x W, on the training '
     "data's scale) or multipart `files` (PNG/JPEG, grey or colour, any size). The model's "
-    "own resizing and normalisation apply. Answers one prediction per input.",
+    "own resizing and normalisation apply. Answers one prediction per input, in order: the "
+    "label, its index and softmax score, and the `k` most likely classes (a regression model "
+    "answers `values`). Errors name the element or file at fault: 422 for values that are "
+    "not finite numbers, ragged lists, a wrong rank or values outside the model's range "
+    "(unless `scale` gives theirs); 413 past STILLHOUSE_PREDICT_MAX_BATCH inputs or files, "
+    "or too many pixels; 415 for a body neither JSON nor multipart, or an image not PNG or "
+    "JPEG; 503 when the model's artifacts cannot be loaded on this server.",
     openapi_extra={
+        **BEARER_SECURITY,
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": PredictRequest.model_json_schema()},
+                "application/json": {
+                    "schema": PredictRequest.model_json_schema(),
+                    "example": examples.PREDICT_REQUEST,
+                },
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -161,7 +224,7 @@ def download_artifact(
                     }
                 },
             },
-        }
+        },
     },
 )
 async def predict(

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import OwnerDep, SessionDep
 from app.api.errors import ProblemError
+from app.services import examples, plots
 from app.services import jobs as jobs_service
-from app.services import plots
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -20,16 +20,21 @@ _PLOT_LOCK = threading.Lock()
 
 
 @router.get(
-    "/{job_id}/plots/{name}.{fmt}",
+    "/{job_id:id}/plots/{name}.{fmt}",
     summary="A plot of the job: learning_curves or pareto, as png or svg",
     responses={
-        200: {"content": {"image/png": {}, "image/svg+xml": {}}},
+        200: {"content": {"image/png": {}, "image/svg+xml": {"example": examples.PLOT_SVG}}},
         404: {
             "description": "No such job, or nothing to plot yet",
             "content": {"application/problem+json": {}},
         },
     },
     response_class=Response,
+    description="Draws a plot of the job as a PNG or SVG image. `learning_curves`: per stage "
+    "and epoch, train and evaluation loss above and accuracy below (a distill stage plots "
+    "agreement with the teacher), for any job that has finished an epoch. `pareto`: a size "
+    "search's candidates, accuracy against parameters. 404 when there is nothing to plot "
+    "yet (no epoch, or no size-search report), or no such job.",
 )
 def job_plot(
     job_id: str,

@@ -16,10 +16,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api.body_limit import decode_content, prediction_limit, read_body
-from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.deps import BEARER_SECURITY, OwnerDep, SessionDep, SettingsDep
 from app.api.errors import ProblemError
-from app.api.responses import oip_errors
+from app.api.responses import example, oip_errors
 from app.config import get_settings
+from app.services import examples
 from app.services import models as models_service
 from app.services.errors import NotFoundError
 from app.serving.access import authorized_ref, model_ref
@@ -52,6 +53,11 @@ def _server(request: Request) -> ModelServer:
     return model_server_for(request.app)
 
 
+def unknown_model(model_id: str, exc: NotFoundError) -> ProblemError:
+    """OIP's 404 for a model id, saying what the id names when it is another kind."""
+    return ProblemError(404, f"unknown model {model_id!r}" + (f"; {exc.hint}" if exc.hint else ""))
+
+
 def _check_version(model_id: str, version: str | None) -> None:
     if version is not None and version != MODEL_VERSION:
         raise ProblemError(
@@ -62,16 +68,32 @@ def _check_version(model_id: str, version: str | None) -> None:
 def _owned(session: Any, owner: str, model_id: str) -> Any:
     try:
         return models_service.get_owned(session, owner, model_id)
-    except NotFoundError:
-        raise ProblemError(404, f"unknown model {model_id!r}") from None
+    except NotFoundError as exc:
+        raise unknown_model(model_id, exc) from None
 
 
-@router.get("", summary="Server metadata", responses=ERRORS)
+@router.get(
+    "",
+    summary="Server metadata",
+    responses={**ERRORS, **example(200, examples.V2_SERVER)},
+    description="Answers the server's Open Inference Protocol metadata: its name, version "
+    "and the protocol extensions it supports (`binary_tensor_data`). Needs a key, like "
+    "every /v2 route but the health ones.",
+)
 def server_metadata(owner: OwnerDep) -> dict[str, Any]:
     return {"name": "stillhouse", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/models/{model_id}", summary="Model metadata", responses=ERRORS)
+@router.get(
+    "/models/{model_id:id}",
+    summary="Model metadata",
+    responses={**ERRORS, **example(200, examples.V2_MODEL)},
+    description="Answers the model's metadata (the model name is its id): the one input, "
+    "`input` FP32 [-1, C, H, W]; the outputs `logits` and `probabilities`, FP32 [-1, "
+    "classes] (a regression model has `logits` only); the platform that serves it "
+    "(onnxruntime_onnx or pytorch); and in `parameters` the class names, the task and the "
+    "`scale` inputs are on. Another owner's model answers 404 like a missing one.",
+)
 def metadata(
     model_id: str,
     request: Request,
@@ -90,7 +112,7 @@ def metadata(
     return model_metadata(row.id, row.meta, PLATFORMS[backend])
 
 
-@router.get("/models/{model_id}/versions/{version}", include_in_schema=False)
+@router.get("/models/{model_id:id}/versions/{version}", include_in_schema=False)
 def metadata_of_version(
     model_id: str,
     version: str,
@@ -104,16 +126,21 @@ def metadata_of_version(
 
 
 @router.get(
-    "/models/{model_id}/ready",
+    "/models/{model_id:id}/ready",
     summary="Model readiness: loads the model, 200 once it serves",
-    responses=INFER_ERRORS,
+    responses={**INFER_ERRORS, **example(200, examples.V2_READY)},
+    openapi_extra=BEARER_SECURITY,
+    description="Loads the model into this server's cache if it is not there yet and "
+    'answers 200 `{"name", "ready": true}` once it can serve, so the first inference does '
+    "not pay for the load. 404 for no such model (or another owner's); 503 when its "
+    "artifacts cannot be loaded on this server.",
 )
 async def model_ready(model_id: str, request: Request) -> dict[str, Any]:
     await _loaded(request, model_id, get_settings())
     return {"name": model_id, "ready": True}
 
 
-@router.get("/models/{model_id}/versions/{version}/ready", include_in_schema=False)
+@router.get("/models/{model_id:id}/versions/{version}/ready", include_in_schema=False)
 async def model_of_version_ready(model_id: str, version: str, request: Request) -> dict[str, Any]:
     _check_version(model_id, version)
     return await model_ready(model_id, request)
@@ -128,16 +155,23 @@ async def _loaded(request: Request, model_id: str, settings: Any) -> LoadedModel
             model_id=model_id,
             artifact_dir=settings.artifact_dir,
         )
-    except NotFoundError:
-        raise ProblemError(404, f"unknown model {model_id!r}") from None
+    except NotFoundError as exc:
+        raise unknown_model(model_id, exc) from None
     return await _server(request).model(ref)
 
 
 @router.post(
-    "/models/{model_id}/infer",
+    "/models/{model_id:id}/infer",
     summary="Inference: FP32 input [N, C, H, W], outputs logits and probabilities",
-    responses=INFER_ERRORS,
+    responses={**INFER_ERRORS, **example(200, examples.V2_INFER_RESPONSE)},
+    description="Runs the model on one FP32 input tensor [N, C, H, W], exactly the shape the "
+    "metadata gives and on the same scale as /predict's inputs (no resizing or channel "
+    "conversion here). Answers the requested outputs (both `logits` and `probabilities` "
+    "when `outputs` is absent), as plain JSON or, with the binary tensor extension, as raw "
+    "tensors after a JSON header. Bodies may be gzip- or deflate-compressed. 400 names the "
+    "tensor or field at fault; 413 past the batch or body limits; 404 for no such model.",
     openapi_extra={
+        **BEARER_SECURITY,
         "requestBody": {
             "required": True,
             "content": {
@@ -163,7 +197,7 @@ async def _loaded(request: Request, model_id: str, settings: Any) -> LoadedModel
                     }
                 },
             },
-        }
+        },
     },
 )
 async def infer(
@@ -192,7 +226,7 @@ async def infer(
     return Response(content, media_type=media_type, headers=headers)
 
 
-@router.post("/models/{model_id}/versions/{version}/infer", include_in_schema=False)
+@router.post("/models/{model_id:id}/versions/{version}/infer", include_in_schema=False)
 async def infer_version(
     model_id: str,
     version: str,

@@ -102,6 +102,10 @@ class InMemoryData:
         """The first `n` samples, unlabelled (probes of a network's shapes)."""
         return InMemoryData(self.x[:n], None, self.class_names, self.scale, self.description)
 
+    def unlabelled(self) -> InMemoryData:
+        """The same samples without their labels."""
+        return InMemoryData(self.x, None, self.class_names, self.scale, self.description)
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std on the 0-1 scale, for the model's normalisation."""
         from app.core.datasets.stored import channel_stats
