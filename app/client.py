@@ -208,6 +208,10 @@ def number(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------- stage plan
+# PipelineJobSpec's default strategy (not imported: the client stays light).
+DEFAULT_STRATEGY = "finetune_then_distill"
+
+
 @dataclass(frozen=True)
 class StagePlan:
     """The stages a job's spec runs, in order, each with its epochs (None: not known).
@@ -241,7 +245,8 @@ def stage_plan(spec: dict[str, Any]) -> StagePlan:
         return StagePlan((), False)
     distill, finetune = epochs(spec.get("distill")), epochs(spec.get("finetune"))
     exact = True
-    if spec.get("strategy") == "finetune_then_distill":
+    strategy = spec.get("strategy", DEFAULT_STRATEGY)
+    if strategy == "finetune_then_distill":
         stages.append(("teacher_finetune", finetune))
     student = spec.get("student") or {}
     candidates = student.get("candidates")
@@ -251,9 +256,10 @@ def stage_plan(spec: dict[str, Any]) -> StagePlan:
         for i in range(len(candidates)):
             stages += [(f"distill.c{i}", distill), (f"finetune.c{i}", finetune)]
         exact = not any(v is not None for v in (student.get("constraints") or {}).values())
-    if spec.get("strategy") != "finetune_then_distill":
+    if strategy != "finetune_then_distill" and spec.get("teacher_on_target") is not False:
         # The report's teacher, fine-tuned on the target after the student: skipped when
-        # the teacher already predicts the target's classes, which the spec cannot say.
+        # the teacher already predicts the target's classes (or is over the size that
+        # runs it by default), which the spec cannot say.
         stages.append(("teacher_finetune", finetune))
         exact = False
     baseline = spec.get("baseline")

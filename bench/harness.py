@@ -74,6 +74,35 @@ class Harness:
                 "seconds": round(seconds, 2),
             }
 
+    def upload(self, name: str, x: Any, y: Any | None, class_names: list[str]) -> str:
+        """Store arrays as an uploaded .npz dataset, through the same code as
+        POST /api/v1/datasets; its id."""
+        import numpy as np
+
+        from app.config import get_settings
+        from app.db import get_write_sessionmaker
+        from app.schemas.dataset import DatasetForm
+        from app.services.datasets import create_dataset
+
+        path = self.root / f"{name}.npz"
+        arrays = {"x": np.asarray(x)}
+        if y is not None:
+            arrays["y"] = np.asarray(y)
+            arrays["class_names"] = np.asarray(class_names)
+        np.savez(path, **arrays)
+        settings = get_settings()
+        with get_write_sessionmaker()() as session:
+            row = create_dataset(
+                session,
+                owner="bench",
+                form=DatasetForm(name=name),
+                path=path,
+                filename=path.name,
+                artifact_dir=settings.artifact_dir,
+                max_decoded_bytes=settings.max_dataset_bytes,
+            )
+            return row.id
+
 
 def machine() -> dict[str, Any]:
     return {

@@ -66,7 +66,8 @@ def tiny_train_spec(
         "kind": "train",
         "name": name,
         "model": {"arch": "small_cnn", "width": 0.25},
-        "train": {"dataset": dataset, "epochs": epochs, "batch_size": batch_size},
+        # min_steps 0: exactly `epochs` (tests count them; the default would add more).
+        "train": {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "min_steps": 0},
     }
 
 
@@ -81,7 +82,11 @@ def tiny_teacher_spec(*, width: float | None = None) -> dict[str, Any]:
     teacher: dict[str, Any] = {"source": "train", "arch": "small_cnn"}
     if width is not None:
         teacher["width"] = width
-    teacher["train"] = {"dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "epochs": 2}
+    teacher["train"] = {
+        "dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]},
+        "epochs": 2,
+        "min_steps": 0,
+    }
     return teacher
 
 
@@ -106,6 +111,7 @@ def tiny_pipeline_spec(
             "samples_per_class": finetune_samples_per_class,
         },
         "epochs": finetune_epochs,
+        "min_steps": 0,
     }
     if finetune_batch_size is not None:
         finetune["batch_size"] = finetune_batch_size
@@ -114,7 +120,11 @@ def tiny_pipeline_spec(
         "name": name,
         "teacher": tiny_teacher_spec(width=teacher_width),
         "student": {"arch": "small_cnn", "width": 0.25},
-        "distill": {"dataset": {"name": "digits", "labels": False}, "epochs": distill_epochs},
+        "distill": {
+            "dataset": {"name": "digits", "labels": False},
+            "epochs": distill_epochs,
+            "min_steps": 0,
+        },
         "finetune": finetune,
     }
     spec.update(copy.deepcopy(changes))

@@ -257,7 +257,7 @@ def test_stage_plan_follows_the_spec():
         return [name for name, _ in plan.stages], plan.exact
 
     assert stage_plan(tiny_train_spec(epochs=4)).stages == (("train", 4),)
-    pipeline = tiny_pipeline_spec(baseline=True)
+    pipeline = tiny_pipeline_spec(baseline=True, strategy="distill_then_finetune")
     assert stage_plan(pipeline).stages == (
         ("teacher", 2),
         ("distill", 2),
@@ -267,6 +267,10 @@ def test_stage_plan_follows_the_spec():
     )
     # The report's teacher fine-tuning is skipped for a teacher of the target's classes.
     assert not stage_plan(pipeline).exact
+    unmeasured = tiny_pipeline_spec(
+        baseline=False, teacher_on_target=False, strategy="distill_then_finetune"
+    )
+    assert names(unmeasured) == (["teacher", "distill", "finetune"], True)
     adapted = tiny_pipeline_spec(strategy="finetune_then_distill", baseline=False)
     assert names(adapted) == (["teacher", "teacher_finetune", "distill", "finetune"], True)
     search = tiny_pipeline_spec(
@@ -310,7 +314,7 @@ def test_the_progress_line_speaks_for_the_whole_job(client, alice):
 
     api = api_client(client, alice)
     # teacher 2 epochs, distill 2, finetune 3, the report's teacher_finetune 3, baseline 3.
-    job = api.submit(tiny_pipeline_spec(baseline=True))
+    job = api.submit(tiny_pipeline_spec(baseline=True, strategy="distill_then_finetune"))
     engine = get_write_engine()
     assert job_states.claim_next(engine, "w").id == job["id"]
     control = JobControl()

@@ -17,7 +17,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 def test_every_example_is_run_here():
     assert {p.name for p in EXAMPLES} == {
         "pipeline_digits.json",
-        "pipeline_finetune_then_distill.json",
+        "pipeline_distill_then_finetune.json",
         "size_search_digits.json",
         "train_digits.json",
     }
@@ -27,7 +27,9 @@ def test_every_example_is_run_here():
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_succeeds_and_its_report_states_the_gain(env, path: Path, monkeypatch):
-    monkeypatch.setenv("STILLHOUSE_THREADS", "0")  # every core, as a user's worker has
+    # Every core, as a user's worker has (the suite's default is one thread): the
+    # examples are the slowest tests, and the README's figures come from two threads.
+    monkeypatch.setenv("STILLHOUSE_THREADS", "0")
     get_settings.cache_clear()
     spec = json.loads(path.read_text())
     job = run(spec)
@@ -41,8 +43,13 @@ def test_example_succeeds_and_its_report_states_the_gain(env, path: Path, monkey
     assert report["teacher"]["accuracy"] is not None
     assert report["teacher"]["fine_tuned_on_target"] is True
     assert report["baseline"]["accuracy"] is not None
-    assert report["gain_over_baseline"] > 0.3
-    assert f"{100 * report['gain_over_baseline']:+.1f} points" in report["summary"]
+    # The gain is stated, whatever its sign: against a scratch student trained properly
+    # (issue 13's defaults) it is a few points either way on 177 test images (+1.7 for
+    # pipeline_digits on two threads, -4.0 on one), and the report says how wide that is.
+    gain = report["gain_over_baseline"]
+    assert f"{100 * gain:+.1f} points" in report["summary"]
+    assert "(on 177 evaluation images)" in report["summary"] and report["eval_note"]
+    assert report["student"]["accuracy_ci95"][0] < report["student"]["accuracy"]
     assert "fewer parameters" in report["summary"]
     if "candidates" in spec["student"]:
         assert report["chosen"] is not None and report["constraints_met"]

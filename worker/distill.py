@@ -16,6 +16,7 @@ from worker.build import Trained, build_from_spec, retarget, same_classes
 from worker.context import JobContext, JobFailedError
 from worker.inference import FeatureHook, batches, collect
 from worker.objectives import DistillObjective
+from worker.schedule import describe, resolve_stage
 from worker.stages import EvalFn, run_fit_stage, stage_done
 from worker.teacher_outputs import (
     ViewSchedule,
@@ -28,11 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def choose_teacher_outputs(stage: DistillStage) -> str:
-    """`auto`: cache without augmentation; with it, views when fewer than the epochs."""
+    """`auto`: cache without augmentation; with it, views when fewer than the epochs;
+    live with mixup."""
     if stage.teacher_outputs != "auto":
         return stage.teacher_outputs
+    if stage.mixup > 0:
+        return "live"  # every mixed image is new to the teacher
     if stage.augment == "none":
         return "cache"
+    assert stage.epochs is not None  # resolved (worker/schedule.py)
     return "views" if stage.teacher_views < stage.epochs else "live"
 
 
@@ -47,6 +52,8 @@ def distill(
 ) -> Trained:
     """Distill `teacher` into a new student on the distill set (labels optional)."""
     data = ctx.load_data(stage_spec.dataset, seed=seed)
+    stage_spec = resolve_stage(stage_spec, data)
+    assert stage_spec.epochs is not None
     k = teacher.config.num_classes
     student_net, student_config = build_from_spec(ctx, student_spec, data, k, seed=seed)
     student = Trained(student_net.to(ctx.device), student_config, teacher.class_names, teacher.task)
@@ -58,7 +65,8 @@ def distill(
         stage,
         epochs=stage_spec.epochs,
         description=f"distilling {teacher.config.arch} into {student.config.arch} on "
-        f"{data.description} ({len(data)} images, {loss.type} loss, teacher outputs: {mode})",
+        f"{data.description} ({len(data)} images, {loss.type} loss, teacher outputs: {mode}): "
+        f"{describe(stage_spec, len(data))}",
     )
     teacher_here = retarget(teacher, data, k, seed=seed, device=ctx.device, read_only=True)
     use_labels = same_classes(teacher, data)
@@ -118,6 +126,8 @@ def distill(
         student_hook=hints.student_hook if hints is not None else None,
         teacher_hook=hints.teacher_hook if hints is not None else None,
         views=views,
+        mixup=stage_spec.mixup,
+        seed=seed,
     )
     try:
         run_fit_stage(

@@ -9,6 +9,7 @@ import copy
 import logging
 from typing import Any
 
+from app.core.archs import count_params
 from app.core.datasets import InMemoryData
 from app.schemas.job_spec import (
     DistillJobSpec,
@@ -149,11 +150,19 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
     student_figures = {
         k: v for k, v in entries[chosen].items() if k not in ("index", "model", "skipped")
     }
-    reference = _teacher_on_target(ctx, spec, teacher, target, eval_data)
+    reference, why_not = _teacher_on_target(ctx, spec, teacher, target, eval_data)
     report = _comparison(
         ctx, reference, student_figures, eval_data, strategy=spec.strategy, seed=seed
     )
-    report["teacher"]["fine_tuned_on_target"] = same_classes(reference, target)
+    # Fine-tuned here: adapted before distilling, or a copy adapted for the report. A
+    # teacher that already predicted the target's classes was measured as it came.
+    report["teacher"]["fine_tuned_on_target"] = (
+        spec.strategy == "finetune_then_distill" or reference is not teacher
+    )
+    if why_not is not None:
+        note = report["teacher"].get("accuracy_note")
+        text = f"not fine-tuned on the target ({why_not})"
+        report["teacher"]["accuracy_note"] = f"{note}; {text}" if note else text
     if search is not None:
         report["candidates"] = entries
         report["chosen"] = chosen
@@ -185,9 +194,12 @@ AUTO_BASELINE_MAX_PARAMS = 5_000_000
 def wants_baseline(setting: bool | None, student_params: int) -> bool:
     """`baseline`: true or false as given; unset, on for students of at most
     AUTO_BASELINE_MAX_PARAMS parameters."""
-    if setting is not None:
-        return setting
-    return student_params <= AUTO_BASELINE_MAX_PARAMS
+    return _on_unless_too_big(setting, student_params, AUTO_BASELINE_MAX_PARAMS)
+
+
+def _on_unless_too_big(setting: bool | None, params: int, limit: int) -> bool:
+    """An optional extra stage's switch: as the spec gives it, else on up to `limit`."""
+    return setting if setting is not None else params <= limit
 
 
 def scratch_spec(student: Trained) -> ModelSpec:
@@ -198,24 +210,45 @@ def scratch_spec(student: Trained) -> ModelSpec:
     )
 
 
+# Fine-tuning a copy of the teacher only for the report costs about one student
+# fine-tune per million parameters; past this size it is skipped unless the spec asks.
+AUTO_TEACHER_MAX_PARAMS = 30_000_000
+
+
+def wants_teacher_on_target(setting: bool | None, teacher_params: int) -> bool:
+    """`teacher_on_target`: true or false as given; unset, on for teachers of at most
+    AUTO_TEACHER_MAX_PARAMS parameters."""
+    return _on_unless_too_big(setting, teacher_params, AUTO_TEACHER_MAX_PARAMS)
+
+
 def _teacher_on_target(
     ctx: JobContext,
     spec: PipelineJobSpec,
     teacher: Trained,
     target: InMemoryData,
     eval_data: InMemoryData,
-) -> Trained:
-    """The teacher as the report measures it: on the target's classes. With
-    finetune_then_distill it was fine-tuned there already; otherwise a copy is fine-tuned
-    on the target (stage "teacher_finetune", the `finetune` settings) for the report: a
-    teacher that predicts other classes has no accuracy there to compare."""
+) -> tuple[Trained, str | None]:
+    """The teacher as the report measures it, and why it was not fine-tuned on the target
+    (None when it was, or did not need to be). With finetune_then_distill it was
+    fine-tuned there already; otherwise a copy is fine-tuned on the target (stage
+    "teacher_finetune", the `finetune` settings) for the report: a teacher that predicts
+    other classes has no accuracy there to compare."""
     if same_classes(teacher, target):
-        return teacher
+        return teacher, None
+    params = count_params(teacher.net)
+    if not wants_teacher_on_target(spec.teacher_on_target, params):
+        why = (
+            "teacher_on_target is false"
+            if spec.teacher_on_target is False
+            else f"{params:,} parameters, over the {AUTO_TEACHER_MAX_PARAMS:,} that run it "
+            "by default; set teacher_on_target: true"
+        )
+        return teacher, why
     ctx.reporter.log(
         "fine-tuning a copy of the teacher on the target, to measure it there",
         stage="teacher_finetune",
     )
-    return _adapt_teacher(ctx, spec, teacher, target, eval_data)
+    return _adapt_teacher(ctx, spec, teacher, target, eval_data), None
 
 
 def _adapt_teacher(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +63,8 @@ class DistillObjective:
         student_hook: FeatureHook | None = None,
         teacher_hook: FeatureHook | None = None,
         views: ViewSchedule | None = None,
+        mixup: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
@@ -74,6 +77,17 @@ class DistillObjective:
         self.student_hook = student_hook
         self.teacher_hook = teacher_hook
         self.views = views
+        self.mixup = mixup
+        self.seed = seed
+
+    def mix(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mixup within the batch: (mixed x, each row's partner, the weight of its own
+        image). Drawn from the seed and the batch's sample indices, so a resumed stage
+        (which replays the same batches) mixes the same pairs without saving any state."""
+        rng = np.random.default_rng([self.seed, *idx.tolist()[:64], len(idx)])
+        lam = float(rng.beta(self.mixup, self.mixup))
+        partner = torch.from_numpy(rng.permutation(len(idx))).to(x.device)
+        return lam * x + (1.0 - lam) * x[partner], partner, lam
 
     def teacher_outputs(
         self, x: torch.Tensor, idx: torch.Tensor
@@ -94,14 +108,25 @@ class DistillObjective:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.views is not None:
             x = self.views.apply(x, idx)
+        partner, lam = None, 1.0
+        if self.mixup > 0:
+            # Teacher and student see the same mixed image (function matching).
+            x, partner, lam = self.mix(x, idx)
         t_logits, t_feats = self.teacher_outputs(x, idx)
         s_logits = model(x)
         spec = self.spec
-        kd = self.loss.logits(s_logits, t_logits, spec)
-        alpha = spec.alpha if (self.use_labels and y is not None) else 1.0
+        # The hard labels, where they are the teacher's classes (dkd's target class); a
+        # mixed image has two, so dkd takes the teacher's argmax there.
+        labels = y if (self.use_labels and y is not None) else None
+        kd = self.loss.logits(s_logits, t_logits, spec, labels=labels if partner is None else None)
+        alpha = spec.alpha if labels is not None else 1.0
         loss = alpha * kd
         if alpha < 1.0:
-            loss = loss + (1.0 - alpha) * F.cross_entropy(s_logits, y)
+            assert labels is not None
+            hard = F.cross_entropy(s_logits, labels)
+            if partner is not None:
+                hard = lam * hard + (1.0 - lam) * F.cross_entropy(s_logits, labels[partner])
+            loss = loss + (1.0 - alpha) * hard
         if self.loss.features:
             assert (
                 self.adapter is not None and self.student_hook is not None and t_feats is not None

@@ -20,6 +20,7 @@ from app.schemas.job_spec import FinetuneStage, ModelSpec, StageSpec, default_ev
 from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError
 from worker.objectives import FinetuneObjective, supervised
+from worker.schedule import describe, resolve_stage
 from worker.sources import ModelSource
 from worker.teacher_outputs import compute_teacher_outputs
 from worker.train import Objective, evaluate, fit
@@ -59,8 +60,12 @@ def run_fit_stage(
 
     `announce=False`: the caller already announced the stage (work before the fit, such
     as caching the teacher's outputs, belongs to it)."""
+    spec_stage = resolve_stage(spec_stage, data)
     if announce:
-        ctx.reporter.stage(stage, epochs=spec_stage.epochs, description=description)
+        assert spec_stage.epochs is not None
+        schedule = describe(spec_stage, len(data))
+        text = f"{description}: {schedule}" if description else f"stage {stage}: {schedule}"
+        ctx.reporter.stage(stage, epochs=spec_stage.epochs, description=text)
     net.to(ctx.device)
     result = fit(
         stage_name=stage,
@@ -136,6 +141,7 @@ def finetune(
     """Fine-tune `model` on the target `data`, replacing its head if the classes change."""
     if data.y is None:
         raise JobFailedError("unlabelled_data", "finetune.dataset has no labels")
+    stage_spec = resolve_stage(stage_spec, data, pretrained=True)
     target = retarget(model, data, data.num_classes, seed=seed, device=ctx.device)
     target.class_names, target.task = data.class_names, data.task
     if stage_done(ctx, stage, target.net) is not None:
@@ -196,6 +202,8 @@ def train_from_scratch(
         raise JobFailedError("unlabelled_data", f"{stage}: the dataset has no labels")
     net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=seed)
     trained = Trained(net.to(ctx.device), config, data.class_names, data.task)
+    # A `train` job may start from weights (torchvision, checkpoint, model): fine-tuning.
+    stage_spec = resolve_stage(stage_spec, data, pretrained=spec.source != "scratch")
     if stage_done(ctx, stage, net) is None:
         run_fit_stage(
             ctx,

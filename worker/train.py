@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
+from app.schemas.job_spec import DEFAULT_WARMUP_SHARE, OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
 from worker.data import epoch_batches, steps_per_epoch
 from worker.inference import batches
+from worker.schedule import resolve_stage, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class FitResult:
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    assert spec.lr is not None and spec.weight_decay is not None  # worker/schedule.py
     if spec.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -95,7 +97,10 @@ def make_schedule(
     optimizer: torch.optim.Optimizer, spec: SchedulerSpec, *, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step multiplier of the peak lr: linear warm-up, then constant or cosine to 0."""
-    warmup = int(spec.warmup_epochs * steps_per_epoch)
+    if spec.warmup_epochs is None:
+        warmup = int(DEFAULT_WARMUP_SHARE * total_steps)
+    else:
+        warmup = int(spec.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -155,6 +160,10 @@ def fit(
     optimiser holds every parameter, and frozen ones simply get no gradient.
     """
     started = time.perf_counter()
+    # Batch size, epochs and augmentation decided for this data (the callers resolved it
+    # already to announce the stage; resolving again changes nothing).
+    stage = resolve_stage(stage, train)
+    assert stage.epochs is not None and stage.batch_size is not None
     cuda = device.type == "cuda"
     if cuda:
         # Fixed input shapes: let cuDNN pick the fastest kernels once.
@@ -169,8 +178,10 @@ def fit(
         trainable += list(extra_modules.parameters())
     optimizer = make_optimizer(trainable, stage.optimizer)
     n_steps = steps_per_epoch(len(train), stage.batch_size)
+    # `steps` may end the last epoch early; otherwise whole epochs.
+    all_steps = total_steps(stage, len(train))
     schedule = make_schedule(
-        optimizer, stage.scheduler, total_steps=stage.epochs * n_steps, steps_per_epoch=n_steps
+        optimizer, stage.scheduler, total_steps=all_steps, steps_per_epoch=n_steps
     )
     # One generator drives shuffling and augmentation, so a resumed stage replays exactly.
     gen = torch.Generator().manual_seed(seed)
@@ -199,6 +210,8 @@ def fit(
         seen = 0
         batches = epoch_batches(len(train), stage.batch_size, gen=gen, shuffle=True)
         for step, idx in enumerate(batches):
+            if epoch * n_steps + step >= all_steps:
+                break
             control.check()
             t0 = time.perf_counter()
             x = data_x[idx.to(data_x.device)].to(device, non_blocking=True).float()
@@ -222,15 +235,16 @@ def fit(
             seen += len(idx)
             dt = time.perf_counter() - t0
             step_seconds = dt if step_seconds is None else 0.9 * step_seconds + 0.1 * dt
-            remaining = (stage.epochs - epoch) * n_steps - step - 1
+            done_steps = epoch * n_steps + step + 1
+            remaining = all_steps - done_steps
             eta = remaining * step_seconds + (stage.epochs - epoch) * eval_seconds
             sink.progress(
                 Progress(
                     stage=stage_name,
                     epoch=epoch + 1,
                     epochs=stage.epochs,
-                    step=epoch * n_steps + step + 1,
-                    steps=stage.epochs * n_steps,
+                    step=done_steps,
+                    steps=all_steps,
                     loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
                     eta_seconds=eta,
                 )

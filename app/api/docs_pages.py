@@ -12,11 +12,7 @@ from pathlib import Path
 
 import fastapi_offline
 from fastapi import FastAPI
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
-)
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
@@ -30,7 +26,7 @@ CSP = (
 
 
 def install_docs(app: FastAPI, *, openapi_url: str = "/openapi.json") -> None:
-    """Mount the docs' files and add /docs, its OAuth2 redirect, and /redoc."""
+    """Mount the docs' files and add /docs and /redoc."""
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static-offline-docs")
     favicon = f"{STATIC_URL}/favicon.png"
 
@@ -39,19 +35,16 @@ def install_docs(app: FastAPI, *, openapi_url: str = "/openapi.json") -> None:
         page = get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url="/docs/oauth2-redirect",
+            # The API's only scheme is a bearer key: no OAuth2 flow to come back from.
+            oauth2_redirect_url=None,
             swagger_js_url=f"{STATIC_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{STATIC_URL}/swagger-ui.css",
             swagger_favicon_url=favicon,
-            # The key given to "Authorize" survives a reload of the page.
-            swagger_ui_parameters={"persistAuthorization": True},
+            # persistAuthorization stays off: it would keep the key in localStorage,
+            # past the browser session (the dashboard keeps it in sessionStorage only).
         )
         page.headers["Content-Security-Policy"] = CSP
         return page
-
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:

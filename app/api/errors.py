@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from app.schemas.job_spec import JOB_KINDS
 from app.services.errors import (
@@ -171,8 +171,9 @@ METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """The methods some route serves at the request's path."""
-    routes = request.app.router.routes
+    """The methods some API route serves at the request's path. Mounts (the docs' static
+    files) match every method, so they do not count."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
     return [
         method
         for method in METHODS
@@ -214,7 +215,11 @@ def install_error_handlers(app: FastAPI) -> None:
             # Starlette names the first matching route's methods only; a path served by
             # several routes (GET and POST /api/v1/jobs) allows all of theirs.
             allowed = allowed_methods(request)
-            headers["Allow"] = ", ".join(allowed)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+            else:
+                # No API route here: a mount (static files) refused it; they serve reads.
+                headers.setdefault("Allow", "GET, HEAD")
             detail = (
                 f"{request.method} is not allowed on {request.url.path}; use {headers['Allow']}"
             )

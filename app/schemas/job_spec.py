@@ -86,6 +86,18 @@ class DatasetRef(SpecModel):
 
 
 # --------------------------------------------------------------------------- training
+# Per-optimiser defaults of the peak learning rate and weight decay for a network trained
+# from scratch, chosen by the sweep in docs/benchmarks.md ("Schedule defaults") over 50 to
+# 60,000 training images; a network with weights (fine-tuning) takes FINETUNE_LR_SHARE of
+# the rate, which keeps what it knows (worker/schedule.py fills them in per stage).
+OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {
+    "adamw": (5e-3, 0.05),
+    "adam": (1e-3, 0.0),
+    "sgd": (0.05, 5e-4),
+}
+FINETUNE_LR_SHARE = 0.2
+
+
 class OptimizerSpec(SpecModel):
     """The optimiser of one stage."""
 
@@ -94,8 +106,21 @@ class OptimizerSpec(SpecModel):
         description="sgd (Nesterov momentum when momentum > 0), adam, or adamw (decoupled "
         "weight decay).",
     )
-    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
-    weight_decay: float = Field(5e-4, ge=0, le=1, description="Decoupled for adamw, L2 for sgd.")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Peak learning rate. Unset: the optimiser's default for a network from "
+        "scratch (adamw 5e-3, adam 1e-3, sgd 0.05), a fifth of it when fine-tuning a network "
+        "that has weights; the stage's start event says which.",
+    )
+    weight_decay: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Decoupled for adamw, L2 for sgd and adam. Unset: the optimiser's default "
+        "(adamw 0.05, adam 0, sgd 5e-4).",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only (Nesterov).")
 
 
@@ -103,7 +128,23 @@ class SchedulerSpec(SpecModel):
     name: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine decays the lr to 0 over the stage, per step."
     )
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0 (epochs).")
+    warmup_epochs: float | None = Field(
+        None,
+        ge=0,
+        description="Linear warm-up from 0 (epochs). Unset: the first 5% of the stage's "
+        "steps, which keeps a high default learning rate from throwing a fresh network off "
+        "in its first steps; 0: none.",
+    )
+
+
+# The warm-up when the spec gives none: this share of the stage's steps.
+DEFAULT_WARMUP_SHARE = 0.05
+
+# A stage's length and batch when the spec gives only epochs (worker/schedule.py): the
+# batch never exceeds a quarter of the set, and a stage takes at least MIN_STEPS steps.
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 64
+MIN_STEPS = 300
 
 
 class StageSpec(SpecModel):
@@ -113,8 +154,34 @@ class StageSpec(SpecModel):
         description="The data the stage fits on: a built-in set by name or an upload by id "
         "(its train split unless `split` says otherwise)."
     )
-    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the dataset.")
-    batch_size: int = Field(64, ge=1, le=65_536, description="Samples per optimiser step.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Passes over the dataset (raised so that the stage takes at least "
+        "`min_steps` optimiser steps). Unset: `steps` if given, else 10.",
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="The stage's length in optimiser steps instead of epochs (give one of "
+        "the two).",
+    )
+    min_steps: int = Field(
+        MIN_STEPS,
+        ge=0,
+        le=1_000_000,
+        description="With `epochs`: at least this many optimiser steps, so that a few epochs "
+        "of a tiny set still train (0: exactly `epochs`).",
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="Samples per optimiser step. Unset: 64, but at most a quarter of the "
+        "stage's data (12 for 50 images), so a small set gets several steps an epoch.",
+    )
     optimizer: OptimizerSpec = Field(
         default_factory=OptimizerSpec,
         description="Which optimiser, its peak learning rate and its weight decay.",
@@ -124,8 +191,11 @@ class StageSpec(SpecModel):
         description="How the learning rate moves over the stage (warm-up, then constant or "
         "cosine decay).",
     )
-    augment: Literal["none", "flip", "crop", "flip_crop"] = Field(
-        "none", description="Random augmentation, applied to tensors in batch."
+    augment: Literal["auto", "none", "flip", "crop", "flip_crop"] = Field(
+        "auto",
+        description="Random augmentation, applied to tensors in batch. auto: by the data's "
+        "kind: flip_crop for colour (natural) images; none for grey ones (digits, text: a "
+        "flip makes another symbol) and for regression targets.",
     )
     label_smoothing: float = Field(
         0.0,
@@ -143,6 +213,15 @@ class StageSpec(SpecModel):
     compile: bool = Field(
         False, description="torch.compile the network for this stage (pays off on long GPU runs)."
     )
+
+    @model_validator(mode="after")
+    def _one_length(self) -> StageSpec:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        if self.epochs is None and self.steps is None:
+            # Filled here, so the stored spec (and the API's answer) shows it.
+            self.epochs = DEFAULT_EPOCHS
+        return self
 
 
 # ----------------------------------------------------------------------------- models
@@ -303,10 +382,16 @@ class DistillLossSpec(SpecModel):
         "kl",
         description="A name from the loss registry (app/core/losses.py), checked at "
         "submission. mse: E||f(x)-g(x)||^2 on logits; kl: Hinton soft targets; hint: FitNets "
-        "feature regression through a learned adapter, plus the kl term.",
+        "feature regression through a learned adapter, plus the kl term; dkd: decoupled KD "
+        "(dkd_alpha * target-class KL + dkd_beta * non-target-class KL; the target class is "
+        "the label where labels are the teacher's classes, else the teacher's top class); "
+        "dist: DIST, Pearson correlation of student and teacher probabilities within each "
+        "sample (dist_beta) and each class (dist_gamma).",
         json_schema_extra=_registered_losses,
     )
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature (kl, hint).")
+    temperature: float = Field(
+        4.0, gt=0, le=100, description="Softmax temperature T (kl, hint, dkd, dist)."
+    )
     alpha: float = Field(
         0.9,
         ge=0,
@@ -317,6 +402,18 @@ class DistillLossSpec(SpecModel):
     hint_weight: float = Field(1.0, ge=0, description="hint: weight of the feature term.")
     student_layer: str | None = Field(None, description="hint: student module name.")
     teacher_layer: str | None = Field(None, description="hint: teacher module name.")
+    dkd_alpha: float = Field(
+        1.0, ge=0, description="dkd: weight of TCKD, the target-vs-rest KL (paper: 1)."
+    )
+    dkd_beta: float = Field(
+        8.0, ge=0, description="dkd: weight of NCKD, the KL over non-target classes (paper: 8)."
+    )
+    dist_beta: float = Field(
+        1.0, ge=0, description="dist: weight of the inter-class relation, per sample (paper: 1)."
+    )
+    dist_gamma: float = Field(
+        1.0, ge=0, description="dist: weight of the intra-class relation, per class (paper: 1)."
+    )
 
 
 class DistillStage(StageSpec):
@@ -325,7 +422,8 @@ class DistillStage(StageSpec):
     loss: DistillLossSpec = Field(
         default_factory=DistillLossSpec,
         description="How the student's outputs are matched to the teacher's: mse, kl (soft "
-        "targets) or hint (feature regression), with their weights.",
+        "targets), hint (feature regression), dkd (decoupled KD) or dist (probability "
+        "correlations), with their weights.",
     )
     teacher_outputs: Literal["auto", "cache", "views", "live"] = Field(
         "auto",
@@ -337,13 +435,26 @@ class DistillStage(StageSpec):
     teacher_views: int = Field(
         4, ge=1, le=64, description="views: augmented views cached per sample."
     )
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Mix pairs of distill images (mixup, Zhang et al. 2018) with a weight "
+        "drawn from Beta(mixup, mixup); teacher and student see the same mixed image (Beyer "
+        "et al. 2022's function matching), so it needs a live teacher. 0: off; 1 is usual.",
+    )
 
     @model_validator(mode="after")
     def _outputs_fit_augment(self) -> DistillStage:
-        if self.teacher_outputs == "cache" and self.augment != "none":
+        if self.teacher_outputs == "cache" and self.augment not in ("none", "auto"):
             raise ValueError('teacher_outputs "cache" needs augment "none" (use "views" or "live")')
         if self.teacher_outputs == "views" and self.augment == "none":
             raise ValueError('teacher_outputs "views" needs an augment other than "none"')
+        if self.mixup > 0 and self.teacher_outputs in ("cache", "views"):
+            raise ValueError(
+                f'mixup needs teacher_outputs "live" or "auto" (a mixed image has no cached '
+                f'output), not "{self.teacher_outputs}"'
+            )
         return self
 
 
@@ -389,8 +500,33 @@ class JobSpecBase(SpecModel):
         None, ge=1, le=20, description="Tries before a job whose worker keeps dying is FAILED."
     )
     evaluate: EvaluateSpec | None = Field(
-        None, description="Evaluation set; default: the target's test split."
+        None,
+        description="Evaluation set; default: the target's test split. When it is another "
+        "dataset than the target, both are used whole (an unset `split` becomes all): the "
+        "target holds back no labels that nothing measures.",
     )
+
+    def target_stage(self) -> StageSpec | None:
+        """The stage that fits the labelled target (None for a distill job)."""
+        return None
+
+    @model_validator(mode="after")
+    def _whole_sets_when_measured_elsewhere(self) -> JobSpecBase:
+        # A small upload loses every fifth sample to the holdout (8 of 10 images a class
+        # remain). When the evaluation set is another dataset than the target, nothing
+        # uses the target's holdout, and the evaluation set is meant whole: both unset
+        # splits become "all".
+        stage = self.target_stage()
+        if stage is None or self.evaluate is None:
+            return self
+        target, measured = stage.dataset, self.evaluate.dataset
+        if (target.id, target.name) == (measured.id, measured.name):
+            return self
+        if "split" not in target.model_fields_set:
+            stage.dataset = target.model_copy(update={"split": "all"})
+        if "split" not in measured.model_fields_set:
+            self.evaluate.dataset = measured.model_copy(update={"split": "all"})
+        return self
 
 
 class TrainJobSpec(JobSpecBase):
@@ -402,6 +538,9 @@ class TrainJobSpec(JobSpecBase):
         "(torchvision, checkpoint, model); source train is for teachers only."
     )
     train: StageSpec = Field(description="The training: dataset, epochs, optimiser.")
+
+    def target_stage(self) -> StageSpec | None:
+        return self.train
 
     @model_validator(mode="after")
     def _model_source(self) -> TrainJobSpec:
@@ -439,6 +578,9 @@ class FinetuneJobSpec(JobSpecBase):
     )
     teacher: ModelSpec | None = Field(None, description="Needed when finetune.kd_weight > 0.")
 
+    def target_stage(self) -> StageSpec | None:
+        return self.finetune
+
     @model_validator(mode="after")
     def _kd_needs_teacher(self) -> FinetuneJobSpec:
         if self.finetune.kd_weight > 0 and self.teacher is None:
@@ -454,10 +596,12 @@ class PipelineJobSpec(JobSpecBase):
         "student on the target, and report teacher vs student."
     )
     strategy: Literal["distill_then_finetune", "finetune_then_distill"] = Field(
-        "distill_then_finetune",
-        description="distill_then_finetune: distill the source teacher, then fine-tune the "
-        "student on the target. finetune_then_distill: fine-tune the teacher on the target "
-        "first, then distill the adapted teacher and fine-tune the student.",
+        "finetune_then_distill",
+        description="finetune_then_distill (default: it won every measured seed and size, "
+        "docs/benchmarks.md): fine-tune the teacher on the target first, then distill the "
+        "adapted teacher and fine-tune the student. distill_then_finetune (the founding "
+        "document's order): distill the source teacher, then fine-tune the student on the "
+        "target; for one distilled student fine-tuned on several targets.",
     )
     teacher: ModelSpec = Field(
         description="The big network: trained here (source train), pretrained (torchvision), "
@@ -481,6 +625,17 @@ class PipelineJobSpec(JobSpecBase):
         "report's `baseline` and `gain_over_baseline`: what distillation bought). Unset: on "
         "for students of at most 5M parameters, whose training costs a fraction of the "
         "teacher's; false turns it off.",
+    )
+
+    def target_stage(self) -> StageSpec | None:
+        return self.finetune
+
+    teacher_on_target: bool | None = Field(
+        None,
+        description="With distill_then_finetune and a teacher of other classes than the "
+        "target's: fine-tune a copy of the teacher on the target (stage teacher_finetune) "
+        "so the report measures it there. Unset: on for teachers of at most 30M "
+        "parameters; false skips it, and the report says why the teacher has no accuracy.",
     )
 
 

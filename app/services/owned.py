@@ -67,10 +67,15 @@ def what_it_is(session: Session, *, owner: str, id_: str, besides: str) -> str |
     """What the owner's id names when it is not a `besides`: "this is a job id; its model
     is ..." for a job id sent where a model id goes (and so on), or None."""
     if besides != "job":
-        job = session.execute(select(Job.model_id).where(Job.id == id_, Job.owner == owner)).first()
+        # The job's model id is chosen when the job is claimed; the model exists only
+        # once the job succeeds (and until it is deleted), so ask for both at once.
+        job = session.execute(
+            select(Job.state, TrainedModel.id)
+            .outerjoin(TrainedModel, TrainedModel.id == Job.model_id)
+            .where(Job.id == id_, Job.owner == owner)
+        ).first()
         if job is not None:
-            tail = f"its model is {job[0]}" if job[0] else "it has no model (yet)"
-            return f"this is a job id; {tail}"
+            return f"this is a job id; {_job_model_hint(job[0], job[1])}"
     if besides != "model":
         made_by = session.execute(
             select(TrainedModel.job_id).where(TrainedModel.id == id_, TrainedModel.owner == owner)
@@ -81,6 +86,16 @@ def what_it_is(session: Session, *, owner: str, id_: str, besides: str) -> str |
         if besides != name and find_owned(session, table, owner=owner, id_=id_) is not None:
             return f"this is a {name} id"
     return None
+
+
+def _job_model_hint(state: str, model_id: str | None) -> str:
+    if model_id is not None:
+        return f"its model is {model_id}"
+    if state == job_states.JobState.SUCCEEDED:
+        return "its model was deleted"
+    if state in job_states.FINISHED:
+        return f"it ended {state} without a model"
+    return f"it has no model yet ({state})"
 
 
 def list_owned(

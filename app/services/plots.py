@@ -50,7 +50,7 @@ def learning_curves(history: MetricHistory, *, title: str, fmt: str) -> bytes | 
         loss_ax.set_title(stage)
         loss_ax.set_ylabel("loss")
         if not _plot(frac_ax, epochs, points, _fraction_curves(stage, points)):
-            frac_ax.text(0.5, 0.5, "no accuracy (regression)", ha="center", va="center")
+            frac_ax.text(0.5, 0.5, "no accuracy for this stage", ha="center", va="center")
         frac_ax.set_ylim(0, 1.02)
         frac_ax.set_xlabel("epoch")
         frac_ax.set_ylabel("fraction")

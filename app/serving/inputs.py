@@ -216,20 +216,29 @@ RANGE_SLACK = 1e-3
 def on_model_scale(
     x: np.ndarray, *, field: str, model_scale: float, given_scale: float | None
 ) -> np.ndarray:
-    """`x` on the model's scale: rescaled from `given_scale` when the caller names one;
-    else checked to lie in 0..model_scale, because 0-255 pixels sent to a 0-1 model
-    would be answered with a confident, wrong label instead of an error."""
-    if given_scale is not None:
-        return (x * np.float32(model_scale / given_scale)).astype(np.float32, copy=False)
+    """`x` on the model's scale, rescaled from `given_scale` when the caller names one.
+    Either way the values must lie on the scale they claim (the model's, or the given
+    one): 0-255 pixels sent to a 0-1 model, or said to be on 0-1, would be answered with a
+    confident, wrong label instead of an error."""
+    claimed = model_scale if given_scale is None else given_scale
     lo, hi = float(x.min()), float(x.max())
-    slack = RANGE_SLACK * model_scale
-    if lo < -slack or hi > model_scale + slack:
+    slack = RANGE_SLACK * claimed
+    if lo < -slack or hi > claimed + slack:
+        if given_scale is None:
+            raise InputError(
+                field,
+                f"has values from {lo:g} to {hi:g}, but this model takes inputs on "
+                f"0-{model_scale:g} (its training data's scale): send them on that scale, or "
+                f'add "scale": <the scale they are on> (e.g. 255) to have them rescaled',
+            )
         raise InputError(
             field,
-            f"has values from {lo:g} to {hi:g}, but this model takes inputs on "
-            f"0-{model_scale:g} (its training data's scale): send them on that scale, or "
-            f'add "scale": <the scale they are on> (e.g. 255) to have them rescaled',
+            f"has values from {lo:g} to {hi:g}, outside the 0-{given_scale:g} that "
+            f'"scale" says: give the scale the values are on (this model takes '
+            f"0-{model_scale:g})",
         )
+    if given_scale is not None and given_scale != model_scale:
+        return (x * np.float32(model_scale / given_scale)).astype(np.float32, copy=False)
     return x
 
 

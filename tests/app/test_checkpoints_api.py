@@ -344,7 +344,7 @@ def test_a_teacher_in_use_cannot_be_deleted(client, alice):
         "kind": "distill",
         "teacher": {"source": "checkpoint", "checkpoint_id": ckpt},
         "student": {"arch": "small_cnn", "width": 0.25},
-        "distill": {"dataset": {"name": "digits"}, "epochs": 1},
+        "distill": {"dataset": {"name": "digits"}, "epochs": 1, "min_steps": 0},
     }
     r = client.post("/api/v1/jobs", json=spec, headers=alice)
     assert r.status_code == 201, r.text

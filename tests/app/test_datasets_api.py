@@ -556,7 +556,7 @@ def test_a_job_can_use_an_upload_and_it_cannot_be_deleted_under_it(client, alice
     spec = {
         "kind": "train",
         "model": {"arch": "small_cnn", "width": 0.25},
-        "train": {"dataset": {"id": ds, "classes": ["g", "b"]}, "epochs": 1},
+        "train": {"dataset": {"id": ds, "classes": ["g", "b"]}, "epochs": 1, "min_steps": 0},
     }
     r = client.post("/api/v1/jobs", json=spec, headers=alice)
     assert r.status_code == 201, r.text
@@ -595,7 +595,7 @@ def _spec_using(ds: str) -> Any:
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 0.25},
-            "train": {"dataset": {"id": ds}, "epochs": 1},
+            "train": {"dataset": {"id": ds}, "epochs": 1, "min_steps": 0},
         }
     )
 

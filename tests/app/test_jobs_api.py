@@ -418,6 +418,22 @@ def test_unknown_route_is_problem_json(client, alice):
     assert_problem(client.get("/api/v1/no-such-thing", headers=alice), 404)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        # Two routes share the path: the header lists both's methods.
+        ("PUT", "/api/v1/jobs", "GET, POST"),
+        ("POST", "/api/v1/jobs/some-id", "DELETE, GET"),
+        # Static files (a mount matches every method): they serve reads only.
+        ("POST", "/static-offline-docs/swagger-ui.css", "GET, HEAD"),
+    ],
+)
+def test_405_lists_exactly_the_methods_served(client, alice, method, path, allow):
+    r = client.request(method, path, headers=alice)
+    assert_problem(r, 405)
+    assert r.headers["allow"] == allow
+
+
 # ---------------------------------------------------------------------- list, paging
 def test_list_filters_by_state_and_kind(client, alice, bob, tiny_spec):
     a = submit(client, alice, tiny_spec)
@@ -711,5 +727,5 @@ def test_an_unknown_loss_is_refused_with_the_registry_names(client, alice):
     }
     r = client.post("/api/v1/jobs", json=spec, headers=alice)
     body = assert_problem(r, 422, "distill.loss.type")
-    assert "did you mean kl? known: hint, kl, mse" in body["errors"][0]["message"]
+    assert "did you mean kl? known: dist, dkd, hint, kl, mse" in body["errors"][0]["message"]
     assert client.get("/api/v1/jobs", headers=alice).json()["jobs"] == []

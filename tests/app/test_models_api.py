@@ -255,7 +255,7 @@ def test_a_model_an_unfinished_job_starts_from_cannot_be_deleted(client, alice, 
     spec = {
         "kind": "finetune",
         "model": {"source": "model", "model_id": model_id, "arch": "small_cnn"},
-        "finetune": {"dataset": {"name": "digits", "classes": [0, 1]}, "epochs": 1},
+        "finetune": {"dataset": {"name": "digits", "classes": [0, 1]}, "epochs": 1, "min_steps": 0},
     }
     r = client.post("/api/v1/jobs", json=spec, headers=alice)
     assert r.status_code == 201, r.text

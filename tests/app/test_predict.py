@@ -104,6 +104,11 @@ def test_inputs_off_the_model_scale_are_refused_unless_the_scale_is_said(client,
         p["index"] for p in on_scale["predictions"]
     ]
     assert_problem(predict(client, alice, grey, json={"inputs": pixels, "scale": 0}), 422, "scale")
+    # A said scale is checked too: 0-255 values said to be on 0-1 are not rescaled blindly.
+    body = assert_problem(
+        predict(client, alice, grey, json={"inputs": pixels, "scale": 1}), 422, "inputs"
+    )
+    assert 'the 0-1 that "scale" says' in body["detail"]
     negative = (x - 0.5).tolist()
     assert_problem(predict(client, alice, grey, json={"inputs": negative}), 422, "inputs")
 
@@ -113,13 +118,17 @@ def test_an_id_of_another_kind_says_what_it_is(client, alice, grey):
 
     job = client.post("/api/v1/jobs", json=tiny_train_spec(), headers=alice).json()
     body = assert_problem(client.get(f"/api/v1/models/{job['id']}", headers=alice), 404)
-    assert body["detail"].endswith("this is a job id; it has no model (yet)")
+    assert body["detail"].endswith("this is a job id; it has no model yet (QUEUED)")
     r = predict(client, alice, job["id"], json={"inputs": [[[0.0]]]})
     assert "this is a job id" in assert_problem(r, 404)["detail"]
     body = assert_problem(client.get(f"/api/v1/jobs/{grey}", headers=alice), 404)
     assert "this is a model id" in body["detail"]
     v2 = client.get(f"/v2/models/{job['id']}", headers=alice)
     assert v2.status_code == 404 and "this is a job id" in v2.json()["error"]
+    # The hint follows the job: once it ends without a model, it says so.
+    assert client.post(f"/api/v1/jobs/{job['id']}:cancel", headers=alice).status_code == 202
+    body = assert_problem(client.get(f"/api/v1/models/{job['id']}", headers=alice), 404)
+    assert body["detail"].endswith("this is a job id; it ended CANCELLED without a model")
 
 
 def test_n_h_w_is_n_1_h_w(client, alice, grey):

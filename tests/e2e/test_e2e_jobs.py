@@ -109,11 +109,13 @@ def test_pipeline_end_to_end_over_http(stack: Stack):
     events = stack.events(job["id"])
     assert states(events) == ["QUEUED", "RUNNING", "SUCCEEDED"], stack.logs()
     started = [e.data["stage"] for e in events if e.type == "progress" and e.data.get("epoch") == 0]
-    # The teacher predicts digits 0-4: a copy is fine-tuned on 5-9 for the report.
-    assert started == ["teacher", "distill", "finetune", "teacher_finetune", "baseline"]
+    # The default strategy: the teacher (digits 0-4) is fine-tuned on 5-9 first, then
+    # distilled into the student.
+    assert started == ["teacher", "teacher_finetune", "distill", "finetune", "baseline"]
     done = stack.job(job["id"])
     report = done["report"]
-    assert report["strategy"] == "distill_then_finetune"
+    assert report["strategy"] == "finetune_then_distill"
+    assert report["teacher"]["fine_tuned_on_target"] is True
     assert report["compression"] > 10 and report["student"]["accuracy"] is not None
     assert set(report["baseline"]) >= {"accuracy", "params", "size_bytes", "latency_ms"}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.db import get_sessionmaker
+from app.models import TrainedModel
 from tests.helpers import tiny_pipeline_spec, tiny_teacher_spec
 from tests.worker.jobrun import events, run
 
@@ -34,6 +36,10 @@ def test_pipeline_strategies(env, strategy: str):
     assert report["baseline"]["params"] == student["params"]
     assert "gain_over_baseline" in report
     assert job.model_id is not None and job.metrics["accuracy"] == student["accuracy"]
+    # The report's size is the served file's, as /api/v1/models says it.
+    with get_sessionmaker()() as session:
+        model = session.get(TrainedModel, job.model_id)
+        assert model is not None and student["size_bytes"] == model.size_bytes
     # The served backend's own latency, measured at export, beside the eager figures.
     assert student["serving"]["backend"] in ("onnx", "torch")
     assert student["serving"]["latency_ms"] > 0
@@ -61,6 +67,16 @@ def test_pipeline_strategies(env, strategy: str):
         ]
 
 
+def test_a_teacher_not_fine_tuned_on_the_target_says_why(env):
+    job = run(spec(teacher_on_target=False, baseline=False, strategy="distill_then_finetune"))
+    assert job.state == "SUCCEEDED", job.error
+    teacher = job.report["teacher"]
+    assert teacher["fine_tuned_on_target"] is False and teacher["accuracy"] is None
+    assert "not fine-tuned on the target (teacher_on_target is false)" in teacher["accuracy_note"]
+    assert stages_run(job.id) == ["teacher", "distill", "finetune"]
+    assert "not fine-tuned on the target" in job.report["summary"]
+
+
 def test_same_spec_and_seed_reproduce_the_same_accuracy(env):
     first = run(spec())
     second = run(spec())
@@ -83,6 +99,7 @@ def test_distill_losses_and_teacher_output_modes(env, loss, outputs, augment):
         "dataset": {"name": "digits", "classes": [0, 1, 2, 3, 4]},
         "loss": loss,
         "epochs": 2,
+        "min_steps": 0,
         "teacher_outputs": outputs,
         "augment": augment,
         "teacher_views": 2,
@@ -117,6 +134,7 @@ def test_hint_from_a_resnet_teacher_into_small_cnn(env):
                 "train": {
                     "dataset": {"name": "digits", "classes": [0, 1], "samples_per_class": 16},
                     "epochs": 1,
+                    "min_steps": 0,
                 },
             },
             "student": {"arch": "small_cnn", "width": 0.25},
@@ -124,6 +142,7 @@ def test_hint_from_a_resnet_teacher_into_small_cnn(env):
                 "dataset": {"name": "digits", "classes": [0, 1], "samples_per_class": 16},
                 "loss": {"type": "hint"},
                 "epochs": 1,
+                "min_steps": 0,
             },
         }
     )
@@ -136,7 +155,11 @@ def test_finetune_kind_with_kd_and_frozen_backbone(env):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 0.5},
-            "train": {"dataset": {"name": "digits", "classes": [0, 1, 2]}, "epochs": 2},
+            "train": {
+                "dataset": {"name": "digits", "classes": [0, 1, 2]},
+                "epochs": 2,
+                "min_steps": 0,
+            },
         }
     )
     assert base.state == "SUCCEEDED"
@@ -144,7 +167,11 @@ def test_finetune_kind_with_kd_and_frozen_backbone(env):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 1.0},
-            "train": {"dataset": {"name": "digits", "classes": [3, 4]}, "epochs": 2},
+            "train": {
+                "dataset": {"name": "digits", "classes": [3, 4]},
+                "epochs": 2,
+                "min_steps": 0,
+            },
         }
     )
     job = run(
@@ -155,6 +182,7 @@ def test_finetune_kind_with_kd_and_frozen_backbone(env):
             "finetune": {
                 "dataset": {"name": "digits", "classes": [3, 4], "samples_per_class": 8},
                 "epochs": 3,
+                "min_steps": 0,
                 "kd_weight": 0.5,
                 "freeze_backbone_epochs": 2,
             },
@@ -229,6 +257,7 @@ def test_eval_every_and_bf16_precision_on_cpu(env):
             "train": {
                 "dataset": {"name": "digits", "classes": [0, 1]},
                 "epochs": 5,
+                "min_steps": 0,
                 "eval_every": 2,
                 "precision": "bf16",
             },

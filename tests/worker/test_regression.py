@@ -58,7 +58,12 @@ def test_train_and_serve_a_regression_model(client, alice, regression_set):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 0.5},
-            "train": {"dataset": {"id": regression_set}, "epochs": 6, "optimizer": {"lr": 3e-3}},
+            "train": {
+                "dataset": {"id": regression_set},
+                "epochs": 6,
+                "min_steps": 0,
+                "optimizer": {"lr": 3e-3},
+            },
         }
     )
     assert job.state == "SUCCEEDED", job.error
@@ -101,15 +106,16 @@ def test_transfer_a_classification_teacher_to_a_regression_target(env, regressio
             "teacher": {
                 "source": "train",
                 "arch": "small_cnn",
-                "train": {"dataset": {"name": "digits"}, "epochs": 2},
+                "train": {"dataset": {"name": "digits"}, "epochs": 2, "min_steps": 0},
             },
             "student": {"arch": "small_cnn", "width": 0.25},
             "distill": {
                 "dataset": {"name": "digits", "labels": False},
                 "epochs": 2,
+                "min_steps": 0,
                 "loss": {"type": "mse"},
             },
-            "finetune": {"dataset": {"id": regression_set}, "epochs": 4},
+            "finetune": {"dataset": {"id": regression_set}, "epochs": 4, "min_steps": 0},
         }
     )
     assert job.state == "SUCCEEDED", job.error

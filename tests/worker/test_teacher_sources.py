@@ -25,8 +25,8 @@ def pipeline(teacher: dict) -> dict:
         "kind": "pipeline",
         "teacher": teacher,
         "student": STUDENT,
-        "distill": {"dataset": {**DIGITS_FEW, "labels": False}, "epochs": 1},
-        "finetune": {"dataset": TARGET, "epochs": 2},
+        "distill": {"dataset": {**DIGITS_FEW, "labels": False}, "epochs": 1, "min_steps": 0},
+        "finetune": {"dataset": TARGET, "epochs": 2, "min_steps": 0},
     }
 
 
@@ -96,7 +96,7 @@ def test_model_teacher_from_an_earlier_job(env):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 1.0},
-            "train": {"dataset": DIGITS_FEW, "epochs": 2},
+            "train": {"dataset": DIGITS_FEW, "epochs": 2, "min_steps": 0},
         }
     )
     assert first.state == "SUCCEEDED"
@@ -110,7 +110,7 @@ def test_another_owners_model_is_not_a_teacher(env, client, alice, bob):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 0.25},
-            "train": {"dataset": DIGITS_FEW, "epochs": 1},
+            "train": {"dataset": DIGITS_FEW, "epochs": 1, "min_steps": 0},
         },
         owner="alice",
     )
@@ -130,7 +130,7 @@ def test_students_start_from_a_model_or_a_checkpoint(env, client, alice):
         {
             "kind": "train",
             "model": {"arch": "small_cnn", "width": 0.25},
-            "train": {"dataset": DIGITS_FEW, "epochs": 1},
+            "train": {"dataset": DIGITS_FEW, "epochs": 1, "min_steps": 0},
         }
     )
     assert first.state == "SUCCEEDED", first.error
@@ -149,7 +149,7 @@ def test_students_start_from_a_model_or_a_checkpoint(env, client, alice):
             "kind": "distill",
             "teacher": {"source": "model", "model_id": first.model_id},
             "student": {"source": "model", "model_id": first.model_id},
-            "distill": {"dataset": {**DIGITS_FEW, "labels": False}, "epochs": 1},
+            "distill": {"dataset": {**DIGITS_FEW, "labels": False}, "epochs": 1, "min_steps": 0},
         }
     )
     assert job.state == "SUCCEEDED", job.error
@@ -178,7 +178,7 @@ def test_a_torchvision_candidate_is_checked_against_a_budget_from_the_hub_cache(
     teacher = {
         "source": "train",
         "arch": "small_cnn",
-        "train": {"dataset": DIGITS_FEW, "epochs": 1},
+        "train": {"dataset": DIGITS_FEW, "epochs": 1, "min_steps": 0},
     }
     spec = pipeline(teacher)
     spec["student"] = {

@@ -15,6 +15,7 @@ from worker.checkpoints import CheckpointStore
 from worker.control import JobCancelled, JobControl
 from worker.data import load_dataset
 from worker.objectives import supervised
+from worker.schedule import resolve_optimizer
 from worker.train import (
     NullSink,
     TrainingDivergedError,
@@ -28,7 +29,9 @@ DIGITS = load_dataset(DatasetRef(name="digits", classes=[0, 1]), data_root=Path(
 
 
 def stage(**kw) -> StageSpec:
-    return StageSpec(dataset=DatasetRef(name="digits"), **{"epochs": 2, "batch_size": 64, **kw})
+    return StageSpec(
+        dataset=DatasetRef(name="digits"), **{"epochs": 2, "batch_size": 64, "min_steps": 0, **kw}
+    )
 
 
 def net() -> torch.nn.Module:
@@ -119,7 +122,8 @@ def test_resume_continues_exactly(tmp_path: Path):
 
 
 def test_cosine_schedule_with_warmup():
-    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), stage().optimizer)
+    optimizer = resolve_optimizer(stage().optimizer, pretrained=False)
+    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), optimizer)
     sched = make_schedule(
         opt, SchedulerSpec(name="cosine", warmup_epochs=1), total_steps=20, steps_per_epoch=10
     )
@@ -128,7 +132,7 @@ def test_cosine_schedule_with_warmup():
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
-    peak = stage().optimizer.lr
+    peak = optimizer.lr
     assert lrs[0] == pytest.approx(peak / 10)  # warm-up starts low
     assert lrs[9] == pytest.approx(peak)  # reaches the peak after one epoch
     assert lrs[-1] < 0.05 * peak  # and decays towards 0

@@ -148,7 +148,7 @@ def _store_unchecked(spec: dict[str, Any]) -> str:
             {
                 "kind": "train",
                 "model": {"arch": "small_cnn", "width": 0.25},
-                "train": {"dataset": {"id": "deleted-upload"}, "epochs": 1},
+                "train": {"dataset": {"id": "deleted-upload"}, "epochs": 1, "min_steps": 0},
             },
             "unavailable",
             "dataset deleted-upload does not exist",

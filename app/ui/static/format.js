@@ -22,8 +22,13 @@ export function millis(ms) {
   return `${ms < 1 ? ms.toFixed(3) : ms.toFixed(2)} ms`;
 }
 
-export function factor(x) {
-  return x == null ? NONE : `${x.toFixed(1)}×`;
+// A teacher/student ratio in words either way round: versus(26.4, "faster", "slower")
+// is "26.4× faster", versus(0.5, ...) is "2.0× slower" (a student may be the bigger one).
+export function versus(ratio, above, below) {
+  if (ratio == null || ratio === 0) return NONE;
+  const [word, x] = ratio >= 1 ? [above, ratio] : [below, 1 / ratio];
+  const number = x >= 100 ? Math.round(x).toLocaleString("en-US") : x.toFixed(1);
+  return `${number}× ${word}`;
 }
 
 export function decimal(x, digits = 4) {

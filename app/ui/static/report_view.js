@@ -4,7 +4,7 @@
 // leaves out what it lacks; a job without a report shows its final metrics.
 
 import { h } from "./dom.js";
-import { bytes, count, decimal, factor, millis, percent, points } from "./format.js";
+import { bytes, count, decimal, millis, percent, points, versus } from "./format.js";
 
 const COLUMNS = [
   ["teacher", "Teacher"],
@@ -15,6 +15,7 @@ const COLUMNS = [
 const ROWS = [
   ["model", "Model", (f) => modelName(f)],
   ["accuracy", "Accuracy", (f) => (f.accuracy == null ? note(f.accuracy_note) : percent(f.accuracy))],
+  ["interval", "95% interval", (f) => interval(f.accuracy_ci95)],
   ["params", "Parameters", (f) => count(f.params)],
   ["size", "Size (weights file)", (f) => bytes(f.size_bytes)],
   ["latency", "Latency (batch 1)", (f) => millis(f.latency_ms)],
@@ -39,6 +40,7 @@ function reportPending(job) {
 function fullReport(report) {
   return [
     report.summary ? h("p", { class: "summary" }, report.summary) : null,
+    report.eval_note ? h("p", { class: "muted eval-note" }, `Small evaluation set: ${report.eval_note}.`) : null,
     figuresTable(report),
     headlines(report),
     report.candidates ? candidatesTable(report) : null,
@@ -65,10 +67,10 @@ function figuresTable(report) {
 function headlines(report) {
   const items = [];
   if (report.compression != null) {
-    items.push(["Compression", `${factor(report.compression)} fewer parameters than the teacher`]);
+    items.push(["Compression", `${versus(report.compression, "fewer", "more")} parameters than the teacher`]);
   }
   if (report.speedup != null) {
-    items.push(["Speedup", `${factor(report.speedup)} faster than the teacher`]);
+    items.push(["Speedup", `${versus(report.speedup, "faster", "slower")} than the teacher`]);
   }
   if (report.gain_over_baseline != null) {
     const gain = points(report.gain_over_baseline);
@@ -149,4 +151,10 @@ function modelName(figures) {
 // Why a figure is missing (a teacher that predicts other classes than the evaluation set).
 function note(text) {
   return text ? h("span", { class: "muted" }, text) : null;
+}
+
+// An accuracy's 95% interval (the report's accuracy_ci95), as percentages.
+function interval(bounds) {
+  if (!bounds) return "–"; // as format.js shows a missing figure
+  return `${percent(bounds[0])} – ${percent(bounds[1])}`;
 }
