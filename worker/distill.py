@@ -52,7 +52,8 @@ def distill(
 ) -> Trained:
     """Distill `teacher` into a new student on the distill set (labels optional)."""
     data = ctx.load_data(stage_spec.dataset, seed=seed)
-    stage_spec = resolve_stage(stage_spec, data)
+    # A student may start from weights (an earlier model, a checkpoint): fine-tuning rate.
+    stage_spec = resolve_stage(stage_spec, data, pretrained=student_spec.source != "scratch")
     assert stage_spec.epochs is not None
     k = teacher.config.num_classes
     student_net, student_config = build_from_spec(ctx, student_spec, data, k, seed=seed)

@@ -10,7 +10,8 @@ anything. So, unless the spec says otherwise:
   raised to reach them);
 - a stage may instead be given in `steps`, and then stops after exactly that many;
 - the learning rate and weight decay are the optimiser's defaults, the rate a fifth of it
-  when the stage fine-tunes a network that already has weights;
+  when the stage fine-tunes a network that already has weights, warmed up over the first
+  5% of the steps;
 - augmentation follows the data's kind: flips and crops for colour (natural) images, the
   usual recipe for them; none for grey ones (digits and text-like images, which a flip
   would turn into another symbol, and where crops cost accuracy in the sweep of
@@ -29,11 +30,13 @@ from typing import TypeVar
 from app.core.datasets import InMemoryData
 from app.schemas.job_spec import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_WARMUP_SHARE,
     FINETUNE_LR_SHARE,
     OPTIMIZER_DEFAULTS,
     OptimizerSpec,
     StageSpec,
 )
+from worker.data import steps_per_epoch
 
 S = TypeVar("S", bound=StageSpec)
 
@@ -70,7 +73,7 @@ def resolve_stage(stage: S, data: InMemoryData, *, pretrained: bool = False) -> 
     fine-tunes a network that has weights."""
     n = len(data)
     batch = stage.batch_size if stage.batch_size is not None else auto_batch_size(n)
-    per_epoch = math.ceil(n / batch) if n else 1
+    per_epoch = max(1, steps_per_epoch(n, batch))
     if stage.steps is not None:
         epochs = math.ceil(stage.steps / per_epoch)
     else:
@@ -85,15 +88,26 @@ def resolve_stage(stage: S, data: InMemoryData, *, pretrained: bool = False) -> 
         elif outputs == "views" and augment == "none":
             augment = "crop"  # asked for augmented views
     optimizer = resolve_optimizer(stage.optimizer, pretrained=pretrained)
+    scheduler = stage.scheduler
+    if scheduler.warmup_epochs is None:
+        steps = min(epochs * per_epoch, stage.steps or epochs * per_epoch)
+        warmup = DEFAULT_WARMUP_SHARE * steps / per_epoch
+        scheduler = scheduler.model_copy(update={"warmup_epochs": warmup})
     return stage.model_copy(
-        update={"batch_size": batch, "epochs": epochs, "augment": augment, "optimizer": optimizer}
+        update={
+            "batch_size": batch,
+            "epochs": epochs,
+            "augment": augment,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+        }
     )
 
 
 def total_steps(stage: StageSpec, n: int) -> int:
     """Optimiser steps of a resolved stage over `n` samples."""
     assert stage.batch_size is not None and stage.epochs is not None
-    full = stage.epochs * math.ceil(n / stage.batch_size)
+    full = stage.epochs * steps_per_epoch(n, stage.batch_size)
     return min(full, stage.steps) if stage.steps is not None else full
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import DEFAULT_WARMUP_SHARE, OptimizerSpec, SchedulerSpec, StageSpec
+from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
@@ -97,10 +97,8 @@ def make_schedule(
     optimizer: torch.optim.Optimizer, spec: SchedulerSpec, *, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step multiplier of the peak lr: linear warm-up, then constant or cosine to 0."""
-    if spec.warmup_epochs is None:
-        warmup = int(DEFAULT_WARMUP_SHARE * total_steps)
-    else:
-        warmup = int(spec.warmup_epochs * steps_per_epoch)
+    assert spec.warmup_epochs is not None  # worker/schedule.py
+    warmup = round(spec.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:

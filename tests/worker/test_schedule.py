@@ -64,6 +64,10 @@ def test_epochs_on_a_tiny_set_are_raised_to_the_minimum_steps():
     resolved = resolve_stage(stage(epochs=10), SHOTS)
     assert (resolved.batch_size, resolved.epochs) == (12, MIN_STEPS // 5)
     assert total_steps(resolved, len(SHOTS)) == MIN_STEPS
+    # The default warm-up: 5% of the stage's steps (15 of 300), as epochs of 5 steps.
+    assert resolved.scheduler.warmup_epochs == pytest.approx(15 / 5)
+    explicit = resolve_stage(stage(epochs=10, scheduler={"warmup_epochs": 0}), SHOTS)
+    assert explicit.scheduler.warmup_epochs == 0
     # Enough epochs already: unchanged. min_steps 0: exactly the epochs given.
     assert resolve_stage(stage(epochs=100), SHOTS).epochs == 100
     assert resolve_stage(stage(epochs=10, min_steps=0), SHOTS).epochs == 10
