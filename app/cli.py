@@ -37,20 +37,38 @@ def _migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def _run_api(host: str, port: int) -> None:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _run_api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    # The serving processes read the count from the environment (they are spawned, and
+    # each sizes its forward passes' threads by it: app/serving/backends.py).
+    os.environ["STILLHOUSE_API_WORKERS"] = str(workers)
+    get_settings.cache_clear()
+    log.info("API on %s:%d with %d serving process(es)", host, port, workers)
     uvicorn.run(
         "app.main:app",
         host=host,
         port=port,
+        # One process serves in this one; more are uvicorn's workers on one socket, each
+        # with its own event loop, model cache and batchers.
+        workers=workers,
         log_level=get_settings().log_level.lower(),
         timeout_graceful_shutdown=5,
     )
 
 
 def _api(args: argparse.Namespace) -> int:
-    _run_api(args.host, args.port)
+    _run_api(args.host, args.port, args.workers or get_settings().api_processes())
     return 0
 
 
@@ -80,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     worker = subprocess.Popen(worker_command(args.device), env=os.environ.copy())
     log.info("embedded worker started (pid %d)", worker.pid)
     try:
-        _run_api(args.host, args.port)
+        _run_api(args.host, args.port, args.workers)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -442,11 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="API (serving) processes on the port (default 1: the embedded worker trains "
+        "on the same cores)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("api", help="run the API alone")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="serving processes on the port, each with its own model cache (default: "
+        "STILLHOUSE_API_WORKERS, else one per core, at most 8)",
+    )
     p.set_defaults(func=_api)
 
     p = sub.add_parser("worker", help="run one worker (claims jobs from the database)")

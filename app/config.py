@@ -10,10 +10,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A dataset may take this many times STILLHOUSE_MAX_UPLOAD_BYTES once decoded.
 DATASET_EXPANSION = 4
+# `stillhouse api` runs one serving process per core up to this many, unless told.
+MAX_DEFAULT_API_WORKERS = 8
 
 
 class Settings(BaseSettings):
@@ -52,23 +55,33 @@ class Settings(BaseSettings):
     # --- serving ---
     # Device that serves predictions; the worker measures report latency on it too.
     serving_device: Literal["cpu", "cuda"] = "cpu"
-    # Backend for serving: auto takes the faster one measured at export (torch or onnx).
-    serving_backend: Literal["auto", "torch", "onnx"] = "auto"
+    # Backend for serving: auto takes the faster one measured at export (torch or onnx),
+    # or the int8 graph where the job asked for int8 and the worker judged it servable;
+    # onnx_int8 takes the int8 graph wherever there is one (docs/serving.md).
+    serving_backend: Literal["auto", "torch", "onnx", "onnx_int8"] = "auto"
     # Dynamic batching: largest batch gathered, and the longest a request waits for mates (ms).
     batch_max_size: int = 32
     batch_max_wait_ms: float = 2.0
+    # A batch whose forward pass is expected to take at most this long runs on the event
+    # loop instead of a thread (0 = always a thread); see app/serving/batcher.py.
+    batch_inline_max_ms: float = Field(0.5, ge=0)
     # Model cache bounds: loaded models kept in memory.
     cache_max_models: int = 16
     cache_max_bytes: int = 2 * 1024**3
     # Prediction limits: inputs per request and pixels per image.
     predict_max_batch: int = 256
     predict_max_pixels: int = 4096 * 4096
-    # Intra-op threads of one forward pass in the API process (torch and ONNX Runtime);
-    # 0 means half the cores (at least 1), leaving the rest to the event loop.
+    # Serving processes of `stillhouse api` on one port (0 = one per core, at most
+    # MAX_DEFAULT_API_WORKERS): each has its own event loop, model cache and batchers.
+    api_workers: int = Field(0, ge=0)
+    # Intra-op threads of one forward pass in an API process (torch and ONNX Runtime);
+    # 0 means half the cores divided among the API processes (at least 1), leaving the
+    # rest to the event loops.
     serving_threads: int = 0
     # How long a prediction route remembers that a key may use a model (seconds; 0 = ask
-    # the database every time): a revoked key or a model deleted by another API process
-    # keeps predicting at most this long. See app/serving/lookup.py.
+    # the database every time): a key revoked through another API process keeps
+    # predicting at most this long (a deleted model stops at once). See
+    # app/serving/lookup.py.
     serving_lookup_ttl_seconds: float = 5.0
 
     # --- client ---
@@ -88,8 +101,27 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    def api_processes(self) -> int:
+        """Serving processes `stillhouse api` runs: the setting, or one per core up to
+        MAX_DEFAULT_API_WORKERS (each process holds torch and its own model cache: about
+        1 GiB resident before any model, measured; a 64-core machine would not want 64
+        of them unasked)."""
+        if self.api_workers > 0:
+            return self.api_workers
+        return max(1, min(usable_cores(), MAX_DEFAULT_API_WORKERS))
+
     def torch_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset
+    narrows), not the machine's count. A CPU quota (`docker run --cpus`) is not seen
+    here: set STILLHOUSE_API_WORKERS there."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @lru_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -11,6 +12,7 @@ from app import __version__
 from app.api.body_limit import JsonBodyLimitMiddleware
 from app.api.docs_pages import install_docs
 from app.api.errors import install_error_handlers
+from app.api.fast_path import fast_route, serve_fast
 from app.api.openapi import install_openapi
 from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2
 from app.config import get_settings
@@ -41,8 +43,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await server.close()
 
 
+class Stillhouse(FastAPI):
+    """FastAPI, with predictions answered before its middleware stack."""
+
+    # Off, predictions take the ordinary stack too (the tests compare the two answers).
+    fast_path = True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # app/api/fast_path.py says what a prediction keeps and what it skips; every
+        # other request (and lifespan) goes the ordinary way.
+        route = fast_route(scope) if self.fast_path else None
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await serve_fast(scope, receive, send, *route)
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = Stillhouse(
         title="Stillhouse",
         # /docs and /redoc come from app/api/docs_pages.py: served whole, no CDN.
         docs_url=None,

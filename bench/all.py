@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import serving, submit_latency, train_speed
+from bench import int8, serving, submit_latency, train_speed
 from bench.harness import machine
 
 log = logging.getLogger("bench.all")
@@ -31,6 +31,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     serve = serving.run(quick=True)
     out["batching_gain"] = serve["batching_gain"]
     out["serving"] = {k: v for k, v in serve.items() if k != "batching_gain"}
+    # int8 students (issue 12): int8 / fp32 speed at batch 32 and the accuracy cost.
+    quantized = int8.run(quick=True, threads=1)
+    out["int8"] = {
+        m["model"]: {
+            "speedup_batch_32": m["batch_32"]["int8_speedup"],
+            "drop_points": m["drop_points"],
+            "served": m["served"],
+        }
+        for m in quantized["models"]
+    }
     latency = submit_latency.run(quick=True)
     out["submit_to_running"] = latency
     out.update(machine())

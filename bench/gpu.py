@@ -95,6 +95,9 @@ def run(
             "train": {
                 "dataset": {**ref, "num_samples": min(size, 2048)},
                 "epochs": 1,
+                # Exactly one epoch: the default minimum of optimiser steps would train a
+                # small set for several.
+                "min_steps": 0,
                 "eval_every": 0,
             },
             "evaluate": {"dataset": {**ref, "split": "test", "num_samples": 256}},
@@ -110,6 +113,8 @@ def run(
             "distill": {
                 "dataset": {**ref, "labels": False},
                 "epochs": epochs,
+                # Exactly `epochs`: the images/s below count size x epochs.
+                "min_steps": 0,
                 "batch_size": batch_size,
                 "eval_every": 0,
                 "loss": {"type": "kl", "temperature": 4.0},

@@ -279,7 +279,7 @@ def check_onnx(
     return worst, tolerance
 
 
-def _median_ms(
+def median_ms(
     fn: Callable[[], Any], *, min_runs: int = 3, max_runs: int = 30, budget_s: float = 0.3
 ) -> float:
     """Median wall time of `fn` after two warm-up calls: at least `min_runs`, then more
@@ -315,7 +315,7 @@ def time_backends_ms(
         out: dict[str, Any] = {"device": "cpu", "threads": threads, "torch": {}}
         inputs = {b: random_inputs(b, input_shape, scale=scale) for b in TIMED_BATCHES}
         for b, x in inputs.items():
-            out["torch"][f"batch_{b}_ms"] = round(_median_ms(lambda x=x: net(x)), 4)
+            out["torch"][f"batch_{b}_ms"] = round(median_ms(lambda x=x: net(x)), 4)
         if onnx_data is None:
             out["preferred"] = "torch"
             return out
@@ -324,7 +324,7 @@ def time_backends_ms(
         for b, x in inputs.items():
             feed = {INPUT_NAME: x.numpy()}
             out["onnx"][f"batch_{b}_ms"] = round(
-                _median_ms(lambda feed=feed: session.run([OUTPUT_NAME], feed)), 4
+                median_ms(lambda feed=feed: session.run([OUTPUT_NAME], feed)), 4
             )
     finally:
         torch.set_num_threads(previous)

@@ -24,8 +24,17 @@ from worker.build import Trained, build_from_spec, build_model, retarget, same_c
 from worker.context import JobContext, JobFailedError, JobOutcome
 from worker.distill import distill
 from worker.export import export_model
-from worker.report import comparison, figures, serving_figures, summary
-from worker.size_search import budget_violation, choose_candidate, has_budget
+from worker.int8_export import Int8Plan, add_int8, int8_plan
+from worker.quantize import Int8Result
+from worker.report import comparison, figures, int8_text, serving_figures, summary
+from worker.size_search import (
+    budget_violation,
+    choose_candidate,
+    has_budget,
+    int8_choice,
+    int8_entry,
+    report_candidates,
+)
 from worker.sources import resolve_source
 from worker.stages import finetune, obtain_teacher, train_from_scratch
 from worker.train import evaluate
@@ -55,7 +64,7 @@ def run_train(ctx: JobContext, spec: TrainJobSpec, *, model_id: str) -> JobOutco
     trained = train_from_scratch(
         ctx, spec.model, spec.train, data=data, eval_data=eval_data, seed=spec.seed, stage="train"
     )
-    return _outcome(ctx, trained, eval_data, model_id=model_id)
+    return _outcome(ctx, trained, eval_data, model_id=model_id, int8=_int8_plan(ctx, spec))
 
 
 def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobOutcome:
@@ -67,7 +76,9 @@ def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobO
     report = _comparison(
         ctx, teacher, _figures(ctx, student, eval_data), eval_data, strategy=None, seed=spec.seed
     )
-    return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
+    return _outcome(
+        ctx, student, eval_data, model_id=model_id, report=report, int8=_int8_plan(ctx, spec)
+    )
 
 
 def run_finetune(ctx: JobContext, spec: FinetuneJobSpec, *, model_id: str) -> JobOutcome:
@@ -90,7 +101,7 @@ def run_finetune(ctx: JobContext, spec: FinetuneJobSpec, *, model_id: str) -> Jo
     tuned = finetune(
         ctx, model, spec.finetune, data=data, eval_data=eval_data, teacher=teacher, seed=spec.seed
     )
-    return _outcome(ctx, tuned, eval_data, model_id=model_id)
+    return _outcome(ctx, tuned, eval_data, model_id=model_id, int8=_int8_plan(ctx, spec))
 
 
 def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> JobOutcome:
@@ -110,16 +121,33 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
     candidates = search.candidates if search is not None else [spec.student]
     assert all(isinstance(c, ModelSpec) for c in candidates)
 
+    plan = _int8_plan(ctx, spec)
+    # Precision is one more dimension of the search (worker/size_search.py), where int8
+    # is served: on a CPU.
+    int8_search = plan if search is not None and ctx.serving_device.type == "cpu" else None
+    int8_results: dict[int, Int8Result] = {}
     entries: list[dict[str, Any]] = []
+    # Parallel to `entries`: the trained network of each (None when skipped untrained).
     students: list[Trained | None] = []
     for i, candidate in enumerate(candidates):
         suffix = f".c{i}" if search is not None else ""
-        entry: dict[str, Any] = {"index": i, "model": candidate.model_dump(exclude_none=True)}
+        entry: dict[str, Any] = {
+            "index": len(entries),
+            "model": candidate.model_dump(exclude_none=True),
+        }
+        if int8_search is not None:
+            entry.update(candidate=i, precision="fp32")
+        over_budget = None
         if search is not None and has_budget(search.constraints):
-            untrained = _untrained_figures(ctx, candidate, target)
-            reason = budget_violation(untrained, search.constraints)
+            untrained = _untrained(ctx, candidate, target)
+            untrained_figures = _figures(ctx, untrained, None)
+            over_budget = reason = budget_violation(untrained_figures, search.constraints)
+            if reason is not None and int8_search is not None:
+                # Trained all the same when its int8 form fits (fewer bytes, faster).
+                int8_over = int8_search.budget_violation(untrained, search.constraints)
+                reason = None if int8_over is None else f"{reason}; int8: {int8_over}"
             if reason is not None:
-                entries.append({**entry, "skipped": reason, **untrained})
+                entries.append({**entry, "skipped": reason, **untrained_figures})
                 students.append(None)
                 continue
         student = distill(
@@ -136,8 +164,15 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
             seed=seed,
             stage=f"finetune{suffix}",
         )
-        entries.append({**entry, "skipped": None, **_figures(ctx, student, eval_data)})
+        entries.append({**entry, "skipped": over_budget, **_figures(ctx, student, eval_data)})
         students.append(student)
+        if int8_search is not None and search is not None:
+            int8_results[i] = int8_search.quantize_network(student, eval_data)
+            block = int8_results[i].block
+            entries.append(
+                int8_entry(entries[-1], block, index=len(entries), constraints=search.constraints)
+            )
+            students.append(student)
 
     chosen, reason, met = choose_candidate(entries, search.constraints if search else None)
     if chosen is None:
@@ -146,10 +181,16 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
         )
     student = students[chosen]
     assert student is not None
+    measured, int8_result = chosen, None
+    if int8_search is not None:
+        # The report's student is the network in fp32 (as the teacher is measured);
+        # `int8` beside it says which precision serves.
+        found = int8_results[entries[chosen]["candidate"]]
+        measured, block = int8_choice(entries, chosen, found.block)
+        int8_result = Int8Result(found.data, block)
     # The chosen student's figures were measured once, above; the report reuses them.
-    student_figures = {
-        k: v for k, v in entries[chosen].items() if k not in ("index", "model", "skipped")
-    }
+    hidden = ("index", "model", "skipped", "candidate", "precision")
+    student_figures = {k: v for k, v in entries[measured].items() if k not in hidden}
     reference, why_not = _teacher_on_target(ctx, spec, teacher, target, eval_data)
     report = _comparison(
         ctx, reference, student_figures, eval_data, strategy=spec.strategy, seed=seed
@@ -164,8 +205,9 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
         text = f"not fine-tuned on the target ({why_not})"
         report["teacher"]["accuracy_note"] = f"{note}; {text}" if note else text
     if search is not None:
-        report["candidates"] = entries
-        report["chosen"] = chosen
+        report["candidates"], report["chosen"], precision = report_candidates(entries, chosen)
+        if int8_search is not None:
+            report["chosen_precision"] = precision
         report["chosen_reason"] = reason
         report["constraints_met"] = met
     if wants_baseline(spec.baseline, student_figures["params"]):
@@ -183,7 +225,15 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
         if s_acc is not None and b_acc is not None:
             report["gain_over_baseline"] = round(s_acc - b_acc, 4)
     report["stages"] = ctx.store.stage_seconds()
-    return _outcome(ctx, student, eval_data, model_id=model_id, report=report)
+    return _outcome(
+        ctx,
+        student,
+        eval_data,
+        model_id=model_id,
+        report=report,
+        int8=plan,
+        int8_result=int8_result,
+    )
 
 
 # A student this small trains from scratch in a fraction of a teacher's time, so the
@@ -288,10 +338,19 @@ def _figures(ctx: JobContext, trained: Trained, eval_data: InMemoryData | None) 
     )
 
 
-def _untrained_figures(ctx: JobContext, spec: ModelSpec, data: InMemoryData) -> dict[str, Any]:
-    """A candidate's figures before training: enough for its size and latency budgets."""
+def _untrained(ctx: JobContext, spec: ModelSpec, data: InMemoryData) -> Trained:
+    """A candidate before training: enough for its size and latency budgets."""
     net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=0)
-    return _figures(ctx, Trained(net, config, data.class_names, data.task), None)
+    return Trained(net, config, data.class_names, data.task)
+
+
+def _int8_plan(ctx: JobContext, spec: AnySpec) -> Int8Plan | None:
+    """The job's int8 request (None without one), its calibration sets loaded by `ctx`."""
+    return int8_plan(
+        spec,
+        lambda ref: ctx.load_data(ref, seed=spec.seed),
+        serving_device=ctx.serving_device.type,
+    )
 
 
 def _comparison(
@@ -323,8 +382,12 @@ def _outcome(
     *,
     model_id: str,
     report: dict[str, Any] | None = None,
+    int8: Int8Plan | None = None,
+    int8_result: Int8Result | None = None,
 ) -> JobOutcome:
-    """Evaluate the served network once more, export it, and hand back the outcome."""
+    """Evaluate the served network once more, export it (and its int8 form when the spec
+    asks: `int8_result` when the size search measured it already), and hand back the
+    outcome. A job that asked for int8 reports it, a train or finetune job too."""
     metrics: dict[str, Any] = {"eval_samples": len(eval_data)}
     if same_classes(trained, eval_data):
         metrics.update(evaluate(trained.net, eval_data, device=ctx.device))
@@ -340,9 +403,21 @@ def _outcome(
         name=ctx.name,
         task=trained.task,
     )
+    compared = report is not None and "teacher" in report
+    if int8 is not None:
+        block = add_int8(int8, exported, trained, eval_data, int8_result).block
+        ctx.reporter.log(int8_text(block), stage="int8", served=block["served"])
+        # The contract's place for it (API.md, "Serving additions"): `student.int8`, and
+        # `student.serving.precision` says which one is served.
+        report = dict(report or {})
+        report["student"] = {**report.get("student", {}), "int8": block}
     if report is not None:
-        serving = serving_figures(exported.meta, ctx.settings.serving_backend)
+        serving = serving_figures(
+            exported.meta, ctx.settings.serving_backend, ctx.serving_device.type
+        )
         if serving is not None:
             report["student"]["serving"] = serving
-        report["summary"] = summary(report)
+        # A train or finetune job has no teacher to compare with: its report is the int8
+        # outcome alone.
+        report["summary"] = summary(report) if compared else int8_text(report["student"]["int8"])
     return JobOutcome(model=exported, metrics=metrics, report=report)

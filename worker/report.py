@@ -5,7 +5,9 @@ Figures: accuracy on the evaluation set (when the network predicts its classes; 
 mae for regression targets), parameters, the size of its weights file, and batch-1
 latency on the serving device (PyTorch eager under inference_mode, for teacher and
 student alike, so the two compare). `serving` adds what the backend that will serve the
-student takes; `summary` says the outcome in one line.
+student takes; `summary` says the outcome in one line. A job that asked for int8 adds
+`student.int8` (model.json's block: the int8 model against fp32), `student.serving.
+precision` says which one is served, and the summary a sentence about it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from app.core.archs import count_params
 from app.core.datasets import InMemoryData
+from app.core.model_format import INT8_ONNX_FILE
 from worker.build import Trained, same_classes
 from worker.export import measure_latency_ms, weights_file_bytes
 from worker.train import evaluate
@@ -117,9 +120,25 @@ def comparison(
     return report
 
 
-def serving_figures(meta: dict[str, Any], setting: str) -> dict[str, Any] | None:
+def serving_figures(
+    meta: dict[str, Any], setting: str, device: str = "cpu"
+) -> dict[str, Any] | None:
     """The served backend's latency at batch 1 and 32, from the export's timings
-    (model.json `backends`), under the `serving_backend` setting."""
+    (model.json `backends`, or `int8` when serving takes the int8 model), under the
+    `serving_backend` setting and the serving `device` (on a GPU: PyTorch, fp32, as
+    app/serving/backends.py chooses)."""
+    int8 = meta.get("int8") or {}
+    if device != "cpu":
+        setting = "torch"
+    if INT8_ONNX_FILE in meta.get("files", []) and (
+        setting == "onnx_int8" or (setting == "auto" and int8.get("served") is True)
+    ):
+        return {
+            "backend": "onnx_int8",
+            "precision": "int8",
+            "latency_ms": int8.get("batch_1_ms"),
+            "batch_32_ms": int8.get("batch_32_ms"),
+        }
     backends = meta.get("backends") or {}
     preferred = backends.get("preferred")
     if preferred not in backends:
@@ -127,6 +146,7 @@ def serving_figures(meta: dict[str, Any], setting: str) -> dict[str, Any] | None
     backend = preferred if setting == "auto" or setting not in backends else setting
     return {
         "backend": backend,
+        "precision": "fp32",
         "latency_ms": backends[backend].get("batch_1_ms"),
         "batch_32_ms": backends[backend].get("batch_32_ms"),
     }
@@ -161,7 +181,34 @@ def summary(report: dict[str, Any]) -> str:
     if speedup:
         where = f" at batch 1 ({report['latency_device']})"
         size.append(_times(speedup, "faster", "slower") + where)
-    return line + (". " + ", ".join(size) if size else "") + "."
+    line += (". " + ", ".join(size) if size else "") + "."
+    if student.get("int8"):
+        line += " " + int8_text(student["int8"])
+    return line
+
+
+def int8_text(block: dict[str, Any]) -> str:
+    """The int8 model against fp32 in one sentence, and whether it is served."""
+    if block.get("error"):
+        return f"int8: no int8 model ({block['error']}); fp32 is served."
+    if block.get("accuracy") is not None and block.get("fp32_accuracy") is not None:
+        score = (
+            f"int8: accuracy {block['accuracy']:.3f} against fp32's "
+            f"{block['fp32_accuracy']:.3f} ({0.0 - block['drop_points']:+.1f} points)"
+        )
+    elif block.get("agreement") is not None:
+        score = f"int8: the same top class as fp32 on {100 * block['agreement']:.1f}% of images"
+    else:
+        score = "int8: not measured on an evaluation set"
+    speed = [
+        f"{_times(block[f'speedup_batch_{b}'], 'faster', 'slower')} at batch {b} "
+        f"({block[f'batch_{b}_ms']:.3g} ms against {block[f'fp32_batch_{b}_ms']:.3g})"
+        for b in (1, 32)
+        if block.get(f"speedup_batch_{b}")
+    ]
+    verdict = "served" if block.get("served") else "not served"
+    why = f" ({block['reason']})" if block.get("reason") else ""
+    return f"{score}, {', '.join(speed)}; {verdict}{why}."
 
 
 def _times(ratio: float, above: str, below: str) -> str:

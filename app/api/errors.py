@@ -183,22 +183,35 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def problem_of(exc: Exception) -> ProblemError | None:
+    """The problem a route's own error answers (a domain, input or model error, or a
+    ProblemError), or None for anything else. Shared by the exception handlers below and
+    the prediction fast path (app/api/fast_path.py), which runs routes without them."""
+    if isinstance(exc, ProblemError):
+        return exc
+    if isinstance(exc, ServiceError):
+        return problem_from(exc)
+    if isinstance(exc, InputError):
+        return input_problem(exc)
+    if isinstance(exc, ModelUnavailableError):
+        return ProblemError(503, str(exc), type_="model-unavailable")
+    return None
+
+
+def unexpected_problem(request: Request, exc: Exception) -> ProblemError:
+    """A 500 for an error no handler knows; the traceback goes to the log, not the client."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return ProblemError(500, "internal error; the server log has the details")
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(request, exc)
+    async def _known(request: Request, exc: Exception) -> JSONResponse:
+        problem = problem_of(exc)
+        assert problem is not None  # registered only for the types problem_of knows
+        return problem_response(request, problem)
 
-    @app.exception_handler(ServiceError)
-    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        return problem_response(request, problem_from(exc))
-
-    @app.exception_handler(InputError)
-    async def _input(request: Request, exc: InputError) -> JSONResponse:
-        return problem_response(request, input_problem(exc))
-
-    @app.exception_handler(ModelUnavailableError)
-    async def _unavailable(request: Request, exc: ModelUnavailableError) -> JSONResponse:
-        return problem_response(request, ProblemError(503, str(exc), type_="model-unavailable"))
+    for known in (ProblemError, ServiceError, InputError, ModelUnavailableError):
+        app.add_exception_handler(known, _known)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -228,6 +241,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        problem = ProblemError(500, "internal error; the server log has the details")
-        return problem_response(request, problem)
+        return problem_response(request, unexpected_problem(request, exc))

@@ -3,7 +3,8 @@
 A model folder holds `model.safetensors` (the Network's state), `model.json` (the
 `NetworkConfig` under `network`, classes, input shape and scale, normalisation,
 metrics, the ONNX check and backend timings) and, when its export checked out,
-`model.onnx`. The names below are shared by the exporter, the serving backends and the
+`model.onnx`; a job that asked for int8 (spec `export.int8`) adds `model.int8.onnx`, its
+static quantization, when that succeeded (model.json `int8`). The names below are shared by the exporter, the serving backends and the
 Open Inference Protocol metadata.
 """
 
@@ -17,6 +18,8 @@ MODEL_FORMAT = "stillhouse.model/v1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 ONNX_FILE = "model.onnx"
+# The int8 (QDQ) quantization of model.onnx, when the job asked for it (worker/quantize.py).
+INT8_ONNX_FILE = "model.int8.onnx"
 # Name of the input tensor, in model.json, the ONNX graph and the V2 metadata.
 INPUT_NAME = "input"
 # Name of the ONNX graph's output (and of the V2 output tensor).

@@ -87,7 +87,11 @@ class JobOut(BaseModel):
     )
     model_id: str | None = Field(description="The finished model (the student), once succeeded.")
     report: dict[str, Any] | None = Field(
-        None, description="Pipeline jobs: teacher vs student figures (see docs/pipeline.md)."
+        None,
+        description="Distill and pipeline jobs: teacher vs student figures (see "
+        "docs/pipeline.md). Any job whose spec asked for int8 (`export.int8`): `student.int8`, "
+        "the int8 model against fp32, and `student.serving.precision`, the one served "
+        "(docs/serving.md), with a `summary` line.",
     )
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from app.schemas.export import ExportSpec
+
 
 class SpecModel(BaseModel):
     # Python's JSON reader takes Infinity and NaN, and JSON strings may hold NUL; Postgres
@@ -504,6 +506,11 @@ class JobSpecBase(SpecModel):
         description="Evaluation set; default: the target's test split. When it is another "
         "dataset than the target, both are used whole (an unset `split` becomes all): the "
         "target holds back no labels that nothing measures.",
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec,
+        description="How the student is exported besides fp32: `int8` also quantizes it "
+        "and serves the int8 model when it is faster and within `int8_max_drop`.",
     )
 
     def target_stage(self) -> StageSpec | None:

@@ -68,6 +68,15 @@ class ModelOut(BaseModel):
     onnx: dict[str, Any] | None = Field(
         None, description="The ONNX export's check figures, or `error` saying why there is none."
     )
+    int8: dict[str, Any] | None = Field(
+        None,
+        description="Only when its job asked for int8 (spec `export.int8`): the int8 model "
+        "(model.int8.onnx) against fp32 ONNX on the evaluation set and on CPU: accuracy, "
+        "fp32_accuracy, drop_points, max_drop, batch_1_ms, batch_32_ms, their fp32_ "
+        "counterparts, speedup_batch_1, speedup_batch_32, size_bytes, and `served` (within "
+        "max_drop and faster at batch 32) with its `reason`; or `error` saying why there is "
+        "no int8 model.",
+    )
     serving_backend: str = Field(description="The backend this server runs it with.")
     loaded: bool = Field(description="Whether it is in this server's memory now.")
     created_at: datetime = Field(

@@ -6,7 +6,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.core.model_format import META_FILE, ONNX_FILE, WEIGHTS_FILE, model_folder
+from app.core.model_format import (
+    INT8_ONNX_FILE,
+    META_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    model_folder,
+)
 from app.models import TrainedModel
 from app.schemas.model import ModelOut
 from app.services import owned
@@ -17,6 +23,7 @@ ARTIFACTS = {
     WEIGHTS_FILE: "application/octet-stream",
     META_FILE: "application/json",
     ONNX_FILE: "application/octet-stream",
+    INT8_ONNX_FILE: "application/octet-stream",
 }
 
 
@@ -62,6 +69,7 @@ def model_out(row: TrainedModel, *, serving_backend: str, loaded: bool) -> Model
             "files": meta.get("files", [WEIGHTS_FILE, META_FILE]),
             "backends": meta.get("backends"),
             "onnx": meta.get("onnx"),
+            "int8": meta.get("int8"),
             "serving_backend": serving_backend,
             "loaded": loaded,
             "created_at": row.created_at,
@@ -81,6 +89,9 @@ def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
         reason = ""
         if name == ONNX_FILE:
             reason = (row.meta.get("onnx") or {}).get("error", "")
+        elif name == INT8_ONNX_FILE:
+            int8 = row.meta.get("int8")
+            reason = (int8 or {}).get("error", "") if int8 else "its job did not ask for int8"
         raise NotFoundError(
             "artifact", name, f"model {row.id} has no {name}" + (f": {reason}" if reason else "")
         )

@@ -101,6 +101,8 @@ def pareto(report: dict[str, Any], *, title: str, fmt: str) -> bytes | None:
         if params is None:
             continue
         label = f"#{entry['index']} {entry.get('arch', '')} w={entry.get('width', '')}"
+        if entry.get("precision") == "int8":
+            label += " int8"
         if entry["index"] == chosen:
             ax.scatter([params], [acc or 0], s=120, marker="*", color="tab:red", zorder=3)
             label += " (chosen)"

@@ -330,12 +330,23 @@ class SpecChecker:
         ):
             self.error("distill.loss.type", "the teacher predicts regression targets: use mse")
 
+    def int8_export(self, spec: AnySpec, task: str | None) -> None:
+        """int8 is served within an accuracy budget (`int8_max_drop`), and regression
+        targets have no accuracy: refused rather than quantized against a made-up rule."""
+        if spec.export.int8 and task == "regression":
+            self.error(
+                "export.int8",
+                "int8 is served within an accuracy budget and this model predicts regression "
+                "targets, which have no accuracy; leave int8 false",
+            )
+
     # ------------------------------------------------------------------ job kinds
     def check(self, spec: AnySpec) -> AnySpec:
         """Check `spec`; returns it with defaults filled in. Errors are in `self.errors`."""
         if isinstance(spec, TrainJobSpec):
             self.model(spec.model, "model")
             data = self.labelled_dataset(spec.train.dataset, "train.dataset")
+            self.int8_export(spec, data.task if data else None)
             return self.with_evaluation(spec, spec.train.dataset, data)
         if isinstance(spec, DistillJobSpec):
             teacher = self.model(spec.teacher, "teacher")
@@ -345,6 +356,7 @@ class SpecChecker:
             loss = self.distill_loss(spec.distill)
             self.hint_layers(spec.distill, loss, teacher, spec.student.arch, "distill")
             self.regression_teacher(teacher, loss)
+            self.int8_export(spec, teacher.task)
             # A distilled student predicts the teacher's classes (ImageNet's, say); on an
             # evaluation set with other classes the report gives agreement, not accuracy.
             evaluate = self.evaluation(spec, spec.distill.dataset, k, must_match=False)
@@ -353,6 +365,7 @@ class SpecChecker:
             self.model(spec.model, "model")
             data = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
             self.finetune_target(spec.finetune, data, "finetune")
+            self.int8_export(spec, data.task if data else None)
             if spec.teacher is not None:
                 teacher = self.model(spec.teacher, "teacher")
                 k = self.teacher_classes(spec.teacher, teacher, "teacher")
@@ -381,6 +394,7 @@ class SpecChecker:
         target = self.labelled_dataset(spec.finetune.dataset, "finetune.dataset")
         self.finetune_target(spec.finetune, target, "finetune")
         self.regression_teacher(teacher, loss)
+        self.int8_export(spec, target.task if target else None)
         if (
             spec.strategy == "finetune_then_distill"
             and target is not None

@@ -9,6 +9,8 @@ is closed before the prediction waits.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -35,14 +37,40 @@ def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[st
 
 
 async def authorized_ref(
-    lookups: LookupCache, authorization: str, *, model_id: str, artifact_dir: Path
+    lookups: LookupCache,
+    authorization: str,
+    *,
+    model_id: str,
+    artifact_dir: Path,
+    on_deleted: Callable[[str], None] | None = None,
 ) -> tuple[str, StoredModel]:
-    """`lookup`, answered from `lookups` when this key was allowed this model moments ago."""
+    """`lookup`, answered from `lookups` when this key was allowed this model moments ago.
+
+    A remembered model whose artifact folder is gone was deleted through another process
+    on the same store (another `--workers` process, or a replica): it is forgotten
+    (`on_deleted(model_id)`) and looked up afresh, which answers 404. The folder check is
+    one stat per prediction; it makes a delete take effect at once across processes.
+
+    Concurrent misses for one (key, model) share one lookup: when an entry expires under
+    load, every request in flight for it misses at once, and 64 queries in the thread
+    pool (each opening a connection) stalled them all for tens of milliseconds.
+    """
     hit = lookups.get(authorization, model_id)
     if hit is not None:
-        return hit
-    owner, ref = await run_in_threadpool(
-        lookup, authorization, model_id=model_id, artifact_dir=artifact_dir
-    )
+        if hit[1].folder.is_dir():
+            return hit
+        lookups.forget_model(model_id)
+        if on_deleted is not None:
+            on_deleted(model_id)
+    key = lookups.key(authorization, model_id)
+    pending = lookups.pending.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(
+            run_in_threadpool(lookup, authorization, model_id=model_id, artifact_dir=artifact_dir)
+        )
+        lookups.pending[key] = pending
+        pending.add_done_callback(lambda _: lookups.pending.pop(key, None))
+    # shield: a caller that goes away must not cancel the lookup its mates wait for.
+    owner, ref = await asyncio.shield(pending)
     lookups.put(authorization, model_id, owner, ref)
     return owner, ref

@@ -1,5 +1,6 @@
 """Backends that run a finished student: PyTorch (safetensors + the architecture registry)
-or ONNX Runtime (model.onnx). Neither ever unpickles anything.
+or ONNX Runtime (model.onnx, or its int8 quantization model.int8.onnx). None ever
+unpickles anything.
 
 Both take float32 inputs [N, C, H, W] on the model's own scale, with H and W as in
 model.json `input.shape` (app.serving.inputs resizes other sizes first), and answer
@@ -9,12 +10,17 @@ Choice (`choose_backend`): on a GPU (`serving_device=cuda`) always PyTorch; othe
 `serving_backend` setting, where `auto` takes the one that the export measured faster
 (model.json `backends.preferred`). A model without model.onnx (its export failed; model.json
 `onnx.error` says why) is served by PyTorch whatever the setting.
+
+int8 (`onnx_int8`): under `auto`, a model whose job asked for int8 and whose worker judged
+it servable (model.json `int8.served`: within the accuracy budget and faster at batch 32)
+is served from model.int8.onnx; the setting `onnx_int8` takes that file whenever it exists,
+served or not, and falls back to the `auto` choice (with a warning) where it does not.
+`onnx` and `torch` keep fp32.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,8 +29,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from app.config import usable_cores
 from app.core.model_format import (
     INPUT_NAME,
+    INT8_ONNX_FILE,
     ONNX_FILE,
     OUTPUT_NAME,
     WEIGHTS_FILE,
@@ -98,12 +106,18 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """An ONNX Runtime session on model.onnx (CPU)."""
+    """An ONNX Runtime session on model.onnx (CPU), or on model.int8.onnx as `onnx_int8`:
+    both take the same input and answer float32 logits (the int8 graph quantizes and
+    dequantizes inside)."""
 
     name = "onnx"
 
-    def __init__(self, folder: Path, meta: dict[str, Any], threads: int) -> None:
-        path = folder / ONNX_FILE
+    def __init__(
+        self, folder: Path, meta: dict[str, Any], threads: int, *, int8: bool = False
+    ) -> None:
+        path = folder / (INT8_ONNX_FILE if int8 else ONNX_FILE)
+        if int8:
+            self.name = "onnx_int8"
         self.session = onnx_session(str(path), threads=threads)
         self.input_name = meta.get("onnx", {}).get("input", INPUT_NAME)
         self.output_name = meta.get("onnx", {}).get("output", OUTPUT_NAME)
@@ -113,30 +127,60 @@ class OnnxBackend:
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
+# Models already warned about: the choice is made on every listing and load, and one
+# warning per model says all there is to say. Bounded: ids are kept, not models.
+_warned: set[str] = set()
+
+
+def _warn_once(model_id: str, message: str) -> None:
+    if model_id not in _warned and len(_warned) < 100_000:
+        _warned.add(model_id)
+        log.warning("%s", message)
+
+
 def choose_backend(meta: dict[str, Any], folder: Path, *, setting: str, device: str) -> str:
-    """'torch' or 'onnx' for this model under the serving settings (see the module doc)."""
+    """'torch', 'onnx' or 'onnx_int8' for this model under the serving settings (see the
+    module doc)."""
     if device == "cuda":
         return "torch"
+    int8 = meta.get("int8") or {}
+    has_int8 = INT8_ONNX_FILE in meta.get("files", []) and (folder / INT8_ONNX_FILE).is_file()
+    if setting == "onnx_int8":
+        if has_int8:
+            return "onnx_int8"
+        reason = int8.get("error") or (
+            "model.int8.onnx is missing" if int8 else "its job did not ask for int8"
+        )
+        _warn_once(
+            meta["id"], f"model {meta['id']} has no int8 graph ({reason}); serving with fp32"
+        )
+        setting = "auto"
+    if setting == "auto" and has_int8 and int8.get("served") is True:
+        return "onnx_int8"
     has_onnx = ONNX_FILE in meta.get("files", []) and (folder / ONNX_FILE).is_file()
     if setting == "torch" or not has_onnx:
         if setting == "onnx":
             reason = meta.get("onnx", {}).get("error", "model.onnx is missing")
-            log.warning("model %s has no ONNX graph (%s); serving with torch", meta["id"], reason)
+            _warn_once(
+                meta["id"], f"model {meta['id']} has no ONNX graph ({reason}); serving torch"
+            )
         return "torch"
     if setting == "onnx":
         return "onnx"
     return "onnx" if meta.get("backends", {}).get("preferred") == "onnx" else "torch"
 
 
-def serving_threads(setting: int) -> int:
-    """Intra-op threads for one forward pass; 0 = half the cores, at least one.
+def serving_threads(setting: int, processes: int = 1) -> int:
+    """Intra-op threads for one forward pass; 0 = half the cores shared among the API's
+    `processes`, at least one each.
 
-    The event loop (HTTP parsing, JSON, auth) needs a core of its own, and small students
-    run faster on one thread than on many, so the default leaves half the machine free.
+    The event loops (HTTP parsing, JSON, auth) need cores of their own, and small
+    students run faster on one thread than on many, so the default leaves half the
+    machine free.
     """
     if setting > 0:
         return setting
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, usable_cores() // (2 * max(1, processes)))
 
 
 def load_model(
@@ -152,13 +196,13 @@ def load_model(
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelUnavailableError(f"model {ref.id}: model.json lacks {exc}") from exc
     choice = choose_backend(meta, ref.folder, setting=setting, device=device.type)
-    needed = ONNX_FILE if choice == "onnx" else WEIGHTS_FILE
+    needed = {"onnx": ONNX_FILE, "onnx_int8": INT8_ONNX_FILE}.get(choice, WEIGHTS_FILE)
     if not (ref.folder / needed).is_file():
         raise ModelUnavailableError(f"model {ref.id}: its artifact {needed} is missing")
     try:
         backend: Backend
-        if choice == "onnx":
-            backend = OnnxBackend(ref.folder, meta, threads)
+        if choice in ("onnx", "onnx_int8"):
+            backend = OnnxBackend(ref.folder, meta, threads, int8=choice == "onnx_int8")
         else:
             backend = TorchBackend(ref.folder, meta, device)
     except Exception as exc:

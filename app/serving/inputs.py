@@ -93,6 +93,67 @@ def flat_array(data: Any, shape: Sequence[int], *, field: str) -> np.ndarray:
     return _finite_float32(arr.reshape(shape), field)
 
 
+# ------------------------------------------------------------------------ .npy bodies
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_array(body: bytes, *, field: str, limits: Limits) -> tuple[np.ndarray, np.dtype]:
+    """A `.npy` body (numpy.save's format) as float32, and the dtype it was sent in; read
+    without unpickling: the
+    header is parsed first, so that an object array, a non-numeric dtype, a batch over
+    the limit or a body shorter or longer than the header promises is refused by name
+    before any data is touched."""
+    if not body.startswith(NPY_MAGIC):
+        raise InputError(field, "is not a .npy array (numpy.save's format)")
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise InputError(field, f"has an unreadable .npy header ({_short(exc)})") from None
+    # numpy checks that each dimension is an int, not that it is >= 0 (nor that it is no
+    # bool): a header of (-2, -2) would pass the length check below and fail reshape.
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise InputError(field, f"has an invalid .npy shape {list(shape)}")
+    # Rank and pixels from the header, before any copy: an honest 1 GiB body of one
+    # 32768 x 32768 image is refused here, not after a 4 GiB float32 copy.
+    if len(shape) not in (3, 4):
+        raise InputError(
+            field,
+            f"has shape {list(shape)}: images are N x C x H x W or N x H x W",
+        )
+    if shape[-2] * shape[-1] > limits.max_pixels:
+        raise InputError(
+            field,
+            f"images of {shape[-2]} x {shape[-1]} pixels exceed the limit of "
+            f"{limits.max_pixels} pixels",
+            status=413,
+        )
+    if dtype.hasobject or dtype.kind not in "iuf" or dtype.fields is not None:
+        raise InputError(field, f"holds {dtype}; send numbers (float32, float64, uint8, integers)")
+    if shape and shape[0] > limits.max_batch:
+        raise InputError(
+            field, f"has {shape[0]} images; at most {limits.max_batch} per request", status=413
+        )
+    count = math.prod(shape)
+    data = memoryview(body)[stream.tell() :]
+    if len(data) != count * dtype.itemsize:
+        raise InputError(
+            field,
+            f"has {len(data)} bytes of data where its header ({dtype}, shape {list(shape)}) "
+            f"needs {count * dtype.itemsize}",
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    arr = arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+    # A copy: the body's buffer is read-only, and a float32 body would otherwise be it.
+    return _finite_float32(arr.astype(np.float32), field), dtype
+
+
 def _finite_float32(arr: np.ndarray, field: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(np.float32, copy=False)

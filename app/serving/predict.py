@@ -22,6 +22,7 @@ from app.serving.inputs import (
     images_to_input,
     json_object,
     nested_array,
+    npy_array,
     on_model_scale,
 )
 from app.serving.oip import softmax
@@ -60,6 +61,31 @@ def json_inputs(body: bytes, model: LoadedModel, limits: Limits) -> np.ndarray:
     return on_model_scale(x, field="inputs", model_scale=model.scale, given_scale=given)
 
 
+async def npy_body_inputs(body: bytes, model: LoadedModel, limits: Limits) -> np.ndarray:
+    """A `.npy` body as the model's input (decoded in a thread when large)."""
+    if len(body) <= INLINE_DECODE_BYTES:
+        return npy_inputs(body, model, limits)
+    return await run_in_threadpool(npy_inputs, body, model, limits)
+
+
+def npy_inputs(body: bytes, model: LoadedModel, limits: Limits) -> np.ndarray:
+    """N x C x H x W or N x H x W, converted and resized like JSON inputs, and on the
+    model's scale like them whatever the dtype (uint8 pixels suit a 0-255 model; a 0-1
+    model takes floats)."""
+    x, dtype = npy_array(body, field="body", limits=limits)
+    x = conform(x, field="body", shape=model.input_shape, limits=limits, strict=False)
+    try:
+        return on_model_scale(x, field="body", model_scale=model.scale, given_scale=None)
+    except InputError as exc:
+        # A .npy body has no "scale" field to name: say how to fix the array instead.
+        raise InputError(
+            "body",
+            f"({dtype}) has values from {float(x.min()):g} to {float(x.max()):g}, but this "
+            f"model takes inputs on 0-{model.scale:g} (its training data's scale): send "
+            f"the array on that scale (e.g. divide 0-255 pixels by 255 for a 0-1 model)",
+        ) from exc
+
+
 async def image_inputs(
     files: list[tuple[str, bytes]], model: LoadedModel, limits: Limits
 ) -> np.ndarray:
@@ -92,14 +118,36 @@ def answer(logits: np.ndarray, classes: list[str], k: int, task: str = "classifi
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+# Up to this many classes, top-k is sorted in plain Python: for a few classes numpy's
+# per-call cost (argpartition, argsort) outweighs the work, and it ran on every request.
+SMALL_CLASS_COUNT = 64
+
+
 def predictions(logits: np.ndarray, classes: list[str], k: int) -> dict[str, Any]:
     probs = softmax(logits)
-    k = min(k, probs.shape[1])
+    n_classes = probs.shape[1]
+    k = min(k, n_classes)
+    if n_classes <= SMALL_CLASS_COUNT:
+        out = []
+        every = range(n_classes)
+        for row in probs.tolist():
+            # sorted() is stable with reverse=True too: ties keep the class order.
+            order = sorted(every, key=row.__getitem__, reverse=True)[:k]
+            best = order[0]
+            out.append(
+                {
+                    "label": classes[best],
+                    "index": best,
+                    "score": row[best],
+                    "top_k": [{"label": classes[i], "score": row[i]} for i in order],
+                }
+            )
+        return {"predictions": out}
     # argpartition then sort: O(classes) per row, for models with many classes.
-    if k < probs.shape[1]:
+    if k < n_classes:
         top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     else:
-        top = np.tile(np.arange(probs.shape[1]), (len(probs), 1))
+        top = np.tile(np.arange(n_classes), (len(probs), 1))
     out = []
     for row, candidates in zip(probs, top, strict=True):
         order = candidates[np.argsort(-row[candidates], kind="stable")]

@@ -11,17 +11,18 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, usable_cores
 from app.core.devices import serving_device
 from app.core.model_format import StoredModel
+from app.serving.access import authorized_ref
 from app.serving.backends import LoadedModel, load_model, serving_threads
 from app.serving.batcher import Batcher, BatcherClosedError
 from app.serving.cache import ModelCache
@@ -38,7 +39,9 @@ class ModelServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = serving_device(settings.serving_device)
-        self.threads = serving_threads(settings.serving_threads)
+        # `stillhouse api` exports its process count; an app run another way (uvicorn by
+        # hand, tests) is one process.
+        self.threads = serving_threads(settings.serving_threads, settings.api_workers or 1)
         # torch's intra-op pool is process-wide; the API process does nothing else with it.
         torch.set_num_threads(self.threads)
         self.cache: ModelCache[LoadedModel] = ModelCache(
@@ -49,7 +52,7 @@ class ModelServer:
         )
         # Forward passes of different models may overlap; one model runs one batch at a
         # time. Enough workers to keep every core busy with `threads`-wide passes.
-        workers = min(8, max(1, (os.cpu_count() or 1) // self.threads))
+        workers = min(8, max(1, usable_cores() // self.threads))
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
         self.lookups = LookupCache(settings.serving_lookup_ttl_seconds)
         # Per model id: the loaded model a batcher runs, and the batcher.
@@ -87,6 +90,18 @@ class ModelServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- models
+    async def authorize(self, authorization: str, model_id: str, artifact_dir: Path) -> StoredModel:
+        """The model `authorization`'s owner may predict with (app/serving/access.py);
+        UnauthorizedError or NotFoundError otherwise."""
+        _, ref = await authorized_ref(
+            self.lookups,
+            authorization,
+            model_id=model_id,
+            artifact_dir=artifact_dir,
+            on_deleted=self.forget,
+        )
+        return ref
+
     def _load(self, ref: StoredModel) -> LoadedModel:
         return load_model(
             ref, setting=self.settings.serving_backend, device=self.device, threads=self.threads
@@ -149,6 +164,10 @@ class ModelServer:
             executor=self.executor,
             name=model.id,
             on_batch=on_batch,
+            # On a GPU the pass waits on the device; that wait belongs in a thread.
+            inline_max_s=(
+                self.settings.batch_inline_max_ms / 1000 if self.device.type == "cpu" else 0.0
+            ),
         )
         self._batchers[model.id] = (model, batcher)
         return batcher

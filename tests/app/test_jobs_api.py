@@ -221,6 +221,15 @@ INVALID_SPECS = [
     ),
     ("unknown upload", "train.dataset", {"id": "no-such-upload"}, "train.dataset.id", "no dataset"),
     ("width on a resnet", "model", {"arch": "resnet18", "width": 0.5}, "model.width", "small_cnn"),
+    (
+        "negative int8 budget",
+        "export",
+        {"int8": True, "int8_max_drop": -0.5},
+        "export.int8_max_drop",
+        "greater than or equal to 0",
+    ),
+    ("no calibration", "export", {"calibration_samples": 0}, "export.calibration_samples", "1"),
+    ("unknown export field", "export", {"int4": True}, "export.int4", "unknown field"),
     # Postgres cannot store NUL in the spec (these were 500s there).
     ("NUL in the name", "name", "tiny\x00", "name", "NUL"),
     ("NUL in a class", "train.dataset.classes", ["a\x00"], "train.dataset.classes", "NUL"),

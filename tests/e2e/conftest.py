@@ -40,6 +40,9 @@ BASE_ENV = {
     "STILLHOUSE_CANCEL_POLL_SECONDS": "0.2",
     "STILLHOUSE_PROGRESS_INTERVAL_SECONDS": "0.5",
     "STILLHOUSE_THREADS": "1",
+    # One serving process, so that killing the API's process kills the API; tests of
+    # `--workers` ask for more.
+    "STILLHOUSE_API_WORKERS": "1",
     "STILLHOUSE_DEVICE": "cpu",
     "STILLHOUSE_LOG_LEVEL": "INFO",
 }

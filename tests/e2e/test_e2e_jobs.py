@@ -13,11 +13,18 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 from tests.e2e.conftest import Event, Stack
-from tests.helpers import long_train_spec, tiny_pipeline_spec, tiny_train_spec, wait_for
+from tests.helpers import (
+    free_port,
+    long_train_spec,
+    tiny_pipeline_spec,
+    tiny_train_spec,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +146,91 @@ def test_pipeline_end_to_end_over_http(stack: Stack):
     predicted = http.post(f"/api/v1/models/{done['model_id']}/predict", json={"inputs": inputs})
     assert predicted.status_code == 200, predicted.text
     assert [p["label"] in model["classes"] for p in predicted.json()["predictions"]] == [True, True]
+
+
+# ----------------------------------------------- `stillhouse api --workers 2` (issue 12)
+# Two serving processes on one port, one database and one artifact store: both serve the
+# same models; a model deleted through another API process stops being served by every
+# one of them at once; SIGTERM stops them all.
+SERVED_TWICE_SPEC = tiny_train_spec(
+    name="served-twice", classes=[0, 1], samples_per_class=20, epochs=1
+)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def fresh_post(url: str, key: str, body: dict) -> httpx.Response:
+    # A new connection per request, so that the kernel spreads them over the processes.
+    with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        return client.post(url, json=body)
+
+
+def test_two_serving_processes_share_models_and_deletes(stack: Stack):
+    stack.workers(1)
+    job = stack.submit(SERVED_TWICE_SPEC)
+    done = stack.wait_state(job["id"], "SUCCEEDED", "FAILED", timeout=120)
+    assert done["state"] == "SUCCEEDED", stack.logs()
+    model_id = done["model_id"]
+
+    port = free_port()
+    api = stack.spawn("api-x2", "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2")
+    stack.extra.append(api)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert api.alive(), api.tail()
+        try:
+            up = httpx.get(f"{base}/v2/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+        return up and len(children_of(api.pid)) >= 2
+
+    wait_for("two serving processes", ready, timeout=90, on_fail=api.tail())
+    # uvicorn's supervisor plus its two workers (and maybe a resource tracker).
+    served_by = children_of(api.pid)
+    assert len(served_by) >= 2, served_by
+    assert "2 serving process(es)" in api.output()
+
+    url = f"{base}/api/v1/models/{model_id}/predict"
+    body = {"inputs": [[[0.5] * 8] * 8]}
+    # Enough fresh connections that both processes serve (and remember the model).
+    for _ in range(30):
+        r = fresh_post(url, stack.key, body)
+        assert r.status_code == 200, r.text
+
+    # Deleted through the stack's own API process: every one of these stops at once.
+    assert stack.client().delete(f"/api/v1/models/{model_id}").status_code == 204
+    for _ in range(30):
+        r = fresh_post(url, stack.key, body)
+        assert r.status_code == 404, r.text
+
+    api.stop()
+    assert api.popen.returncode is not None
+    wait_for("the serving processes to exit", lambda: not any(map(alive, served_by)), 20)
+
+
+def test_api_workers_flag_is_checked(stack: Stack):
+    done = stack.run_cli("api", "--workers", "0")
+    assert done.returncode == 2 and "--workers" in done.stderr
+    started = time.monotonic()
+    done = stack.run_cli("api", "--workers", "many")
+    assert done.returncode == 2 and "not a whole number" in done.stderr
+    assert time.monotonic() - started < 30
 
 
 # Thirty distill epochs of under a tenth of a second each: time to kill a worker mid-stage.

@@ -135,6 +135,8 @@ def test_transfer_a_classification_teacher_to_a_regression_target(env, regressio
         ({"finetune": {"kd_weight": 0.5}}, "finetune.kd_weight"),
         ({"finetune": {"dataset": {"classes": [0]}}}, "finetune.dataset.classes"),
         ({"distill": {"dataset": {"name": "digits"}, "loss": {"type": "kl"}}}, "distill.loss.type"),
+        # int8 is served within an accuracy budget; regression targets have no accuracy.
+        ({"export": {"int8": True}}, "export.int8"),
         (
             {
                 "student": {

@@ -28,7 +28,7 @@ from app.services import examples
 from app.services import models as models_service
 from app.services.paging import DEFAULT_PAGE_SIZE
 from app.serving import predict as predictor
-from app.serving.access import authorized_ref, model_ref
+from app.serving.access import model_ref
 from app.serving.backends import LoadedModel, choose_backend
 from app.serving.inputs import InputError, Limits
 from app.serving.metrics import PREDICT_LATENCY
@@ -37,6 +37,8 @@ from app.serving.server import ModelServer, model_server_for
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 ERRORS = problems(401, 404, 422, what="model")
+# A raw numpy array body (numpy.save's format): no JSON to build or parse.
+NPY_MEDIA_TYPE = "application/x-npy"
 PREDICT_ERRORS = problems(
     400,
     401,
@@ -49,7 +51,7 @@ PREDICT_ERRORS = problems(
     custom={
         400: "A malformed body (multipart)",
         413: "Too many images, too many pixels, or too large a body",
-        415: "Neither JSON nor multipart, or not PNG/JPEG",
+        415: "Neither JSON, .npy nor multipart, or not PNG/JPEG",
     },
 )
 
@@ -194,13 +196,15 @@ def download_artifact(
     responses={**PREDICT_ERRORS, **example(200, examples.PREDICT_RESPONSE)},
     summary="Predict: JSON tensors or PNG/JPEG files",
     description='JSON `{"inputs": [...]}` (N x C x H x W or N x H x W, on the training '
-    "data's scale) or multipart `files` (PNG/JPEG, grey or colour, any size). The model's "
+    "data's scale), a `.npy` body (`Content-Type: application/x-npy`, the same shapes and "
+    "scale) or multipart `files` (PNG/JPEG, grey or colour, any "
+    "size). The model's "
     "own resizing and normalisation apply. Answers one prediction per input, in order: the "
     "label, its index and softmax score, and the `k` most likely classes (a regression model "
     "answers `values`). Errors name the element or file at fault: 422 for values that are "
     "not finite numbers, ragged lists, a wrong rank or values outside the model's range "
     "(unless `scale` gives theirs); 413 past STILLHOUSE_PREDICT_MAX_BATCH inputs or files, "
-    "or too many pixels; 415 for a body neither JSON nor multipart, or an image not PNG or "
+    "or too many pixels; 415 for a body neither JSON, .npy nor multipart, or an image not PNG or "
     "JPEG; 503 when the model's artifacts cannot be loaded on this server.",
     openapi_extra={
         **BEARER_SECURITY,
@@ -210,6 +214,15 @@ def download_artifact(
                 "application/json": {
                     "schema": PredictRequest.model_json_schema(),
                     "example": examples.PREDICT_REQUEST,
+                },
+                NPY_MEDIA_TYPE: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "One array in numpy.save's format: N x C x H x W "
+                        "or N x H x W, on the model's scale like JSON inputs (uint8 pixels "
+                        "for a 0-255 model).",
+                    }
                 },
                 "multipart/form-data": {
                     "schema": {
@@ -238,11 +251,8 @@ async def predict(
     # Settings without a dependency: FastAPI would run the sync getter in a thread.
     settings = get_settings()
     server = model_server(request)
-    _, ref = await authorized_ref(
-        server.lookups,
-        request.headers.get("authorization", ""),
-        model_id=model_id,
-        artifact_dir=settings.artifact_dir,
+    ref = await server.authorize(
+        request.headers.get("authorization", ""), model_id, settings.artifact_dir
     )
     model = await server.model(ref)
     x = await read_inputs(request, model, settings)
@@ -252,17 +262,21 @@ async def predict(
 
 
 async def read_inputs(request: Request, model: LoadedModel, settings: Settings) -> np.ndarray:
-    """The body, by its Content-Type, as the model's input: multipart image files or a
-    JSON `{"inputs": [...]}`."""
+    """The body, by its Content-Type, as the model's input: multipart image files, a
+    `.npy` array, or a JSON `{"inputs": [...]}`."""
     limits = Limits(settings.predict_max_batch, settings.predict_max_pixels)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         files = await image_files(request, max_files=settings.predict_max_batch)
         return await predictor.image_inputs(files, model, limits)
+    if content_type == NPY_MEDIA_TYPE:
+        body = await read_body(request, prediction_limit())
+        return await predictor.npy_body_inputs(body, model, limits)
     if content_type not in ("application/json", "") and not content_type.endswith("+json"):
         raise InputError(
             "header.Content-Type",
-            f"{content_type!r} is not accepted: send application/json or multipart/form-data",
+            f"{content_type!r} is not accepted: send application/json, {NPY_MEDIA_TYPE} "
+            "or multipart/form-data",
             status=415,
         )
     body = await read_body(request, prediction_limit())

@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.services import examples
 from app.services import models as models_service
 from app.services.errors import NotFoundError
-from app.serving.access import authorized_ref, model_ref
+from app.serving.access import model_ref
 from app.serving.backends import LoadedModel, choose_backend
 from app.serving.inputs import Limits
 from app.serving.metrics import PREDICT_LATENCY
@@ -46,7 +46,7 @@ INFER_ERRORS = oip_errors(
         413: "Too large a batch or body",
     },
 )
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch"}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "torch": "pytorch"}
 
 
 def _server(request: Request) -> ModelServer:
@@ -149,11 +149,8 @@ async def model_of_version_ready(model_id: str, version: str, request: Request) 
 async def _loaded(request: Request, model_id: str, settings: Any) -> LoadedModel:
     """The caller's model, loaded; the key is checked here (app/serving/access.py)."""
     try:
-        _, ref = await authorized_ref(
-            _server(request).lookups,
-            request.headers.get("authorization", ""),
-            model_id=model_id,
-            artifact_dir=settings.artifact_dir,
+        ref = await _server(request).authorize(
+            request.headers.get("authorization", ""), model_id, settings.artifact_dir
         )
     except NotFoundError as exc:
         raise unknown_model(model_id, exc) from None

@@ -150,3 +150,42 @@ def test_a_caller_that_went_away_is_skipped():
 def test_bounds_must_make_sense():
     with pytest.raises(ValueError):
         Batcher(lambda x: x, max_batch=0, max_wait_s=0.001)
+
+
+def test_quick_passes_run_inline_and_slow_ones_in_the_pool():
+    async def main(delay: float, inline_max_s: float) -> tuple[Batcher, Recorder]:
+        run = Recorder(delay=delay)
+        batcher = Batcher(run, max_batch=4, max_wait_s=0.0, inline_max_s=inline_max_s)
+        for i in range(5):
+            out = await batcher.submit(one(float(i)))
+            assert float(out[0, 0]) == 2.0 * i
+        await batcher.close()
+        return batcher, run
+
+    loop_thread = threading.current_thread().name
+    # The first pass is measured in the pool; a quick model then runs on the loop.
+    batcher, run = asyncio.run(main(delay=0.0, inline_max_s=0.01))
+    assert batcher.inline_batches == 4 and loop_thread in run.threads
+    # A pass slower than the bound never holds the loop.
+    batcher, run = asyncio.run(main(delay=0.005, inline_max_s=0.001))
+    assert batcher.inline_batches == 0 and loop_thread not in run.threads
+    # 0 turns it off.
+    batcher, run = asyncio.run(main(delay=0.0, inline_max_s=0.0))
+    assert batcher.inline_batches == 0
+
+
+def test_an_inline_batch_that_fails_still_fails_alone():
+    async def main() -> list[object]:
+        batcher = Batcher(Recorder(delay=0.0, poison=-1.0), max_batch=8, inline_max_s=1.0,
+                          max_wait_s=0.0)  # fmt: skip
+        await batcher.submit(one(0.0))  # measured: later passes run inline
+        results = await asyncio.gather(
+            *(batcher.submit(one(v)) for v in (1.0, -1.0, 2.0)), return_exceptions=True
+        )
+        await batcher.close()
+        assert batcher.inline_batches >= 1
+        return results
+
+    good, bad, other = asyncio.run(main())
+    assert isinstance(bad, ValueError)
+    assert float(good[0, 0]) == 2.0 and float(other[0, 0]) == 4.0
