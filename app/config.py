@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Prediction limits: inputs per request and pixels per image.
     predict_max_batch: int = 256
     predict_max_pixels: int = 4096 * 4096
+    # On Postgres, idle workers LISTEN for newly queued jobs and claim them at once
+    # (worker/wakeup.py); polling every `poll_seconds` goes on beside it.
+    job_notify: bool = True
     # Serving processes of `stillhouse api` on one port (0 = one per core, at most
     # MAX_DEFAULT_API_WORKERS): each has its own event loop, model cache and batchers.
     api_workers: int = Field(0, ge=0)

@@ -30,6 +30,7 @@ from app.schemas.job_spec import (
     TrainJobSpec,
 )
 from worker.build import Trained, same_classes
+from worker.context import JobContext
 from worker.export import ExportedModel, export_onnx
 from worker.quantize import Int8Result, draw_calibration, quantize_student
 from worker.size_search import budget_violation
@@ -142,14 +143,17 @@ class Int8Plan:
         return budget_violation(figures, limits)
 
 
-def int8_plan(
-    spec: JobSpec, load: Callable[[DatasetRef], InMemoryData], *, serving_device: str = "cpu"
-) -> Int8Plan | None:
-    """The job's int8 plan, or None when its spec did not ask for int8."""
+def int8_plan(ctx: JobContext, spec: JobSpec) -> Int8Plan | None:
+    """The job's int8 plan (None when its spec did not ask for int8): its calibration
+    sets loaded through `ctx`, for the device the API serves on."""
     if not spec.export.int8:
         return None
     return Int8Plan(
-        spec.export, calibration_refs(spec), load, spec.seed, serving_device=serving_device
+        spec.export,
+        calibration_refs(spec),
+        lambda ref: ctx.load_data(ref, seed=spec.seed),
+        spec.seed,
+        serving_device=ctx.serving_device.type,
     )
 
 

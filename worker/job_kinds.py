@@ -64,7 +64,7 @@ def run_train(ctx: JobContext, spec: TrainJobSpec, *, model_id: str) -> JobOutco
     trained = train_from_scratch(
         ctx, spec.model, spec.train, data=data, eval_data=eval_data, seed=spec.seed, stage="train"
     )
-    return _outcome(ctx, trained, eval_data, model_id=model_id, int8=_int8_plan(ctx, spec))
+    return _outcome(ctx, trained, eval_data, model_id=model_id, int8=int8_plan(ctx, spec))
 
 
 def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobOutcome:
@@ -77,7 +77,7 @@ def run_distill(ctx: JobContext, spec: DistillJobSpec, *, model_id: str) -> JobO
         ctx, teacher, _figures(ctx, student, eval_data), eval_data, strategy=None, seed=spec.seed
     )
     return _outcome(
-        ctx, student, eval_data, model_id=model_id, report=report, int8=_int8_plan(ctx, spec)
+        ctx, student, eval_data, model_id=model_id, report=report, int8=int8_plan(ctx, spec)
     )
 
 
@@ -101,7 +101,7 @@ def run_finetune(ctx: JobContext, spec: FinetuneJobSpec, *, model_id: str) -> Jo
     tuned = finetune(
         ctx, model, spec.finetune, data=data, eval_data=eval_data, teacher=teacher, seed=spec.seed
     )
-    return _outcome(ctx, tuned, eval_data, model_id=model_id, int8=_int8_plan(ctx, spec))
+    return _outcome(ctx, tuned, eval_data, model_id=model_id, int8=int8_plan(ctx, spec))
 
 
 def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> JobOutcome:
@@ -121,7 +121,7 @@ def run_pipeline(ctx: JobContext, spec: PipelineJobSpec, *, model_id: str) -> Jo
     candidates = search.candidates if search is not None else [spec.student]
     assert all(isinstance(c, ModelSpec) for c in candidates)
 
-    plan = _int8_plan(ctx, spec)
+    plan = int8_plan(ctx, spec)
     # Precision is one more dimension of the search (worker/size_search.py), where int8
     # is served: on a CPU.
     int8_search = plan if search is not None and ctx.serving_device.type == "cpu" else None
@@ -342,15 +342,6 @@ def _untrained(ctx: JobContext, spec: ModelSpec, data: InMemoryData) -> Trained:
     """A candidate before training: enough for its size and latency budgets."""
     net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=0)
     return Trained(net, config, data.class_names, data.task)
-
-
-def _int8_plan(ctx: JobContext, spec: AnySpec) -> Int8Plan | None:
-    """The job's int8 request (None without one), its calibration sets loaded by `ctx`."""
-    return int8_plan(
-        spec,
-        lambda ref: ctx.load_data(ref, seed=spec.seed),
-        serving_device=ctx.serving_device.type,
-    )
 
 
 def _comparison(

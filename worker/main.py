@@ -38,6 +38,7 @@ from worker.events import Reporter
 from worker.job_kinds import run_job_kind
 from worker.lookups import Lookups, MissingResourceError
 from worker.train import TrainingDivergedError
+from worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Worker:
         self.serving_device = serving_device(settings.serving_device)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
+        # Idle waits end early when Postgres announces a queued job (worker/wakeup.py).
+        self.wakeup = Wakeup(settings, self.stopping)
         self.current: JobControl | None = None
         self._last_sweep = 0.0
 
@@ -100,6 +103,7 @@ class Worker:
                 os._exit(1)
             log.info("signal %d: finishing the current step, then stopping", signum)
             self.stopping.set()
+            self.wakeup.wake()
             if self.current is not None:
                 self.current.shutdown.set()
 
@@ -110,11 +114,12 @@ class Worker:
     def run(self, *, max_jobs: int | None = None) -> None:
         torch.set_num_threads(self.settings.torch_threads())
         log.info(
-            "worker %s on %s with %d threads, polling every %.2fs",
+            "worker %s on %s with %d threads, polling every %.2fs (%s)",
             self.worker_id,
             self.device,
             torch.get_num_threads(),
             self.settings.poll_seconds,
+            self.wakeup.mode,
         )
         done = 0
         while not self.stopping.is_set():
@@ -127,7 +132,7 @@ class Worker:
                 self.stopping.wait(max(self.settings.poll_seconds, CLAIM_RETRY_SECONDS))
                 continue
             if job is None:
-                self.stopping.wait(self.settings.poll_seconds)
+                self.wakeup.wait(self.settings.poll_seconds)
                 continue
             try:
                 self.run_job(job)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,8 @@ OWNED_STATES = (JobState.RUNNING, JobState.CANCELLING)
 FINISHED = sorted(s.value for s in FINISHED_STATES)
 # A connection (the worker) or an ORM session (the API): both execute Core statements.
 Executor = Connection | Session
+# The Postgres channel a newly QUEUED job is announced on (its id is the payload).
+JOBS_CHANNEL = "stillhouse_jobs"
 
 
 @dataclass
@@ -62,12 +64,27 @@ class LeaseStatus:
 
 
 def add_event(conn: Executor, job_id: str, type_: str, data: dict[str, Any]) -> None:
-    """Insert one event; the caller has already written (so locked) the job's row."""
+    """Insert one event; the caller has already written (so locked) the job's row.
+
+    A job that becomes QUEUED (submitted, given back, requeued) also notifies the
+    `JOBS_CHANNEL` on Postgres: idle workers LISTEN on it (worker/wakeup.py) and claim at
+    once instead of at their next poll. Postgres delivers a notification when the
+    transaction commits, never for one rolled back.
+    """
     conn.execute(
         insert(JobEvent).values(
             job_id=job_id, type=type_, data=json_safe(data), created_at=utcnow()
         )
     )
+    if type_ == "state" and data.get("state") == JobState.QUEUED and _is_postgres(conn):
+        conn.execute(
+            text("SELECT pg_notify(:channel, :job)"), {"channel": JOBS_CHANNEL, "job": job_id}
+        )
+
+
+def _is_postgres(conn: Executor) -> bool:
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return bind.dialect.name == "postgresql"
 
 
 # ------------------------------------------------------------------------ the API's

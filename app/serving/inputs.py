@@ -99,10 +99,9 @@ NPY_MAGIC = b"\x93NUMPY"
 
 def npy_array(body: bytes, *, field: str, limits: Limits) -> tuple[np.ndarray, np.dtype]:
     """A `.npy` body (numpy.save's format) as float32, and the dtype it was sent in; read
-    without unpickling: the
-    header is parsed first, so that an object array, a non-numeric dtype, a batch over
-    the limit or a body shorter or longer than the header promises is refused by name
-    before any data is touched."""
+    without unpickling: the header is parsed first, so that an object array, a
+    non-numeric dtype, a bad shape, too many pixels or images, or a body shorter or
+    longer than the header promises is refused by name before any data is touched."""
     if not body.startswith(NPY_MAGIC):
         raise InputError(field, "is not a .npy array (numpy.save's format)")
     stream = io.BytesIO(body)
@@ -120,6 +119,8 @@ def npy_array(body: bytes, *, field: str, limits: Limits) -> tuple[np.ndarray, n
     # bool): a header of (-2, -2) would pass the length check below and fail reshape.
     if not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(field, f"has an invalid .npy shape {list(shape)}")
+    if dtype.hasobject or dtype.kind not in "iuf" or dtype.fields is not None:
+        raise InputError(field, f"holds {dtype}; send numbers (float32, float64, uint8, integers)")
     # Rank and pixels from the header, before any copy: an honest 1 GiB body of one
     # 32768 x 32768 image is refused here, not after a 4 GiB float32 copy.
     if len(shape) not in (3, 4):
@@ -134,8 +135,6 @@ def npy_array(body: bytes, *, field: str, limits: Limits) -> tuple[np.ndarray, n
             f"{limits.max_pixels} pixels",
             status=413,
         )
-    if dtype.hasobject or dtype.kind not in "iuf" or dtype.fields is not None:
-        raise InputError(field, f"holds {dtype}; send numbers (float32, float64, uint8, integers)")
     if shape and shape[0] > limits.max_batch:
         raise InputError(
             field, f"has {shape[0]} images; at most {limits.max_batch} per request", status=413
