@@ -268,6 +268,8 @@ def status_text(job: dict[str, Any]) -> str:
         ("job", f"{job['id']} ({job['kind']}{name})"),
         ("state", f"{job['state']}, attempt {job.get('attempts')} of {job.get('max_attempts')}"),
     ]
+    if job.get("waiting_reason"):
+        rows.append(("waiting", job["waiting_reason"]))
     # A finished job's last stage says little; where a job stopped says much.
     if progress.position() is not None and job["state"] != "SUCCEEDED":
         rows.append(("stage", progress.position()))

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # On Postgres, idle workers LISTEN for newly queued jobs and claim them at once
     # (worker/wakeup.py); polling every `poll_seconds` goes on beside it.
     job_notify: bool = True
+    # This worker's labels, comma-separated (e.g. "a100,eu-west"): shown at
+    # GET /api/v1/workers.
+    worker_labels: str = ""
     # Serving processes of `stillhouse api` on one port (0 = one per core, at most
     # MAX_DEFAULT_API_WORKERS): each has its own event loop, model cache and batchers.
     api_workers: int = Field(0, ge=0)
@@ -103,6 +106,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def labels(self) -> list[str]:
+        """`worker_labels` as a sorted list without blanks or repeats."""
+        return sorted({part.strip() for part in self.worker_labels.split(",") if part.strip()})
 
     def api_processes(self) -> int:
         """Serving processes `stillhouse api` runs: the setting, or one per core up to

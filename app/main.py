@@ -14,7 +14,7 @@ from app.api.docs_pages import install_docs
 from app.api.errors import install_error_handlers
 from app.api.fast_path import fast_route, serve_fast
 from app.api.openapi import install_openapi
-from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2
+from app.api.routes import checkpoints, datasets, health, jobs, models, plots, v2, workers
 from app.config import get_settings
 from app.metrics import TimingMiddleware
 from app.serving.server import ModelServer
@@ -94,6 +94,7 @@ def create_app() -> FastAPI:
     app.include_router(models.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(workers.router)
     app.include_router(ui_router)
 
     # The middleware added last is the outermost: timing covers the body limit's 413s.

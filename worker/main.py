@@ -37,6 +37,7 @@ from worker.control import JobCancelled, JobControl, LeaseLost, WorkerShutdown
 from worker.events import Reporter
 from worker.job_kinds import run_job_kind
 from worker.lookups import Lookups, MissingResourceError
+from worker.presence import Presence
 from worker.train import TrainingDivergedError
 from worker.wakeup import Wakeup
 
@@ -92,6 +93,8 @@ class Worker:
         self.stopping = threading.Event()
         # Idle waits end early when Postgres announces a queued job (worker/wakeup.py).
         self.wakeup = Wakeup(settings, self.stopping)
+        # This worker's row at GET /api/v1/workers (worker/presence.py).
+        self.presence = Presence(self.engine, settings, self.worker_id, self.device)
         self.current: JobControl | None = None
         self._last_sweep = 0.0
 
@@ -121,11 +124,28 @@ class Worker:
             self.settings.poll_seconds,
             self.wakeup.mode,
         )
+        try:
+            self.presence.start()
+        except Exception:
+            # Not fatal: jobs run without it; the API just does not list this worker.
+            log.exception("could not register this worker in the workers table")
+        try:
+            self._loop(max_jobs)
+        finally:
+            self.presence.stop()
+        log.info("worker %s stopped", self.worker_id)
+
+    def _loop(self, max_jobs: int | None) -> None:
         done = 0
         while not self.stopping.is_set():
             self.maybe_sweep()
             try:
-                job = job_states.claim_next(self.engine, self.worker_id)
+                job = job_states.claim_next(
+                    self.engine,
+                    self.worker_id,
+                    gpus=int(self.presence.figures["gpus"]),
+                    labels=self.settings.labels(),
+                )
             except Exception:
                 # The database is away (restart, failover): wait and retry rather than exit.
                 log.exception("claiming a job failed; retrying in %.0fs", CLAIM_RETRY_SECONDS)
@@ -144,7 +164,6 @@ class Worker:
             done += 1
             if max_jobs is not None and done >= max_jobs:
                 break
-        log.info("worker %s stopped", self.worker_id)
 
     def maybe_sweep(self) -> None:
         # Every worker sweeps now and then; the sweep is one cheap indexed query.
@@ -165,6 +184,7 @@ class Worker:
             control.shutdown.set()
         heartbeat = Heartbeat(self.engine, job.id, self.worker_id, control, self.settings)
         heartbeat.start()
+        self.presence.set_job(job.id)
         reporter = Reporter(
             self.engine,
             job_id=job.id,
@@ -207,6 +227,7 @@ class Worker:
         finally:
             heartbeat.stopped.set()
             heartbeat.join(timeout=5)
+            self.presence.set_job(None)
             self.current = None
 
     def _fail(self, job: job_states.ClaimedJob, code: str, message: str) -> None:

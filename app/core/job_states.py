@@ -104,6 +104,7 @@ def create(
     """A new QUEUED job, the datasets, checkpoints and models it reads (`inputs`, as
     (kind, id) pairs), and its first event. The caller commits."""
     now = utcnow()
+    needs = spec.get("resources") or {}
     conn.execute(
         insert(Job).values(
             id=job_id,
@@ -112,6 +113,8 @@ def create(
             name=name,
             state=JobState.QUEUED,
             spec=spec,
+            gpus=int(needs.get("gpus", 0)),
+            labels=",".join(sorted(needs.get("labels", []))),
             attempts=0,
             max_attempts=max_attempts,
             cancel_requested=False,
@@ -176,8 +179,44 @@ def unfinished_jobs_using(conn: Executor, *, owner: str, kind: str, ref_id: str)
 
 
 # --------------------------------------------------------------------- the worker's
-def claim_next(engine: Engine, worker_id: str) -> ClaimedJob | None:
-    """Take the oldest QUEUED job in one statement, or None when the queue is empty.
+# Queued jobs a labelled worker looks through, oldest first, for one whose labels it has.
+CLAIM_CANDIDATES = 50
+
+
+def claim_next(
+    engine: Engine, worker_id: str, *, gpus: int = 0, labels: Iterable[str] = ()
+) -> ClaimedJob | None:
+    """Take the oldest QUEUED job this worker can run (no more `gpus` than it has, every
+    label among its `labels`), or None when there is none.
+
+    A worker without labels claims in one statement (below). A labelled one reads the
+    oldest candidates within its GPUs, keeps those whose labels it has, and claims the
+    first it can: the conditional update makes a race for one job end with one winner
+    (Postgres locks the row and rechecks its state; SQLite serialises writers).
+    """
+    own = set(labels)
+    if not own:
+        return _claim(engine, worker_id, gpus=gpus)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Job.id, Job.labels)
+            .where(Job.state == JobState.QUEUED, Job.gpus <= gpus)
+            .order_by(Job.created_at, Job.id)
+            .limit(CLAIM_CANDIDATES)
+        ).all()
+    for job_id, needed in rows:
+        if set(filter(None, needed.split(","))) <= own:
+            claimed = _claim(engine, worker_id, gpus=gpus, job_id=job_id)
+            if claimed is not None:
+                return claimed
+    return None
+
+
+def _claim(
+    engine: Engine, worker_id: str, *, gpus: int, job_id: str | None = None
+) -> ClaimedJob | None:
+    """Claim `job_id`, or (None) the oldest QUEUED job within `gpus` that needs no labels,
+    in one statement.
 
     Postgres: the subquery's `FOR UPDATE SKIP LOCKED` lets concurrent workers pass over a
     row another worker is claiming. SQLite: `engine` is the write engine, whose BEGIN
@@ -186,15 +225,16 @@ def claim_next(engine: Engine, worker_id: str) -> ClaimedJob | None:
     now = utcnow()
     oldest = (
         select(Job.id)
-        .where(Job.state == JobState.QUEUED)
+        .where(Job.state == JobState.QUEUED, Job.gpus <= gpus, Job.labels == "")
         .order_by(Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
+    target = oldest if job_id is None else job_id
     stmt = (
         update(Job)
-        .where(Job.id == oldest, Job.state == JobState.QUEUED)
+        .where(Job.id == target, Job.state == JobState.QUEUED)
         .values(
             state=JobState.RUNNING,
             worker_id=worker_id,

@@ -8,6 +8,7 @@ from app.models.job import FINISHED_STATES, Job, JobState
 from app.models.job_event import JobEvent
 from app.models.job_input import JobInput
 from app.models.trained_model import TrainedModel
+from app.models.worker import WorkerRecord
 
 __all__ = [
     "FINISHED_STATES",
@@ -20,4 +21,5 @@ __all__ = [
     "JobInput",
     "JobState",
     "TrainedModel",
+    "WorkerRecord",
 ]

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -49,6 +49,10 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # The spec's `resources`, as columns the claim filters on: GPUs the worker must have,
+    # and the labels it must have, sorted and comma-joined ('' for none).
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    labels: Mapped[str] = mapped_column(String(1200), default="", server_default=text("''"))
     # How many times a worker has started this job.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

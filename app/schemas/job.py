@@ -86,6 +86,12 @@ class JobOut(BaseModel):
         description="When it reached SUCCEEDED, FAILED or CANCELLED; null before."
     )
     model_id: str | None = Field(description="The finished model (the student), once succeeded.")
+    waiting_reason: str | None = Field(
+        None,
+        description="Why a QUEUED job is not starting: no live worker at all, or none with "
+        "the GPUs and labels its `resources` ask for (GET /api/v1/workers); null while some "
+        "live worker could claim it, and once it has started.",
+    )
     report: dict[str, Any] | None = Field(
         None,
         description="Distill and pipeline jobs: teacher vs student figures (see "

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.schemas.export import ExportSpec
+from app.schemas.resources import Resources
 
 
 class SpecModel(BaseModel):
@@ -506,6 +507,12 @@ class JobSpecBase(SpecModel):
         description="Evaluation set; default: the target's test split. When it is another "
         "dataset than the target, both are used whole (an unset `split` becomes all): the "
         "target holds back no labels that nothing measures.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="What a worker must have to claim the job: `gpus` and `labels` (see "
+        "GET /api/v1/workers). While no live worker has them the job stays QUEUED and its "
+        "`waiting_reason` says so.",
     )
     export: ExportSpec = Field(
         default_factory=ExportSpec,

@@ -571,3 +571,31 @@ def conflict(path: str, detail: str) -> dict[str, Any]:
         "detail": detail,
         "instance": path,
     }
+
+
+WORKER_LIST = {
+    "workers": [
+        {
+            "id": "gpu-box-1:4120:9f2c1a",
+            "hostname": "gpu-box-1",
+            "device": "cuda",
+            "gpus": 1,
+            "gpu_memory_bytes": 85_899_345_920,
+            "labels": ["a100"],
+            "started_at": "2026-12-06T17:40:02.118Z",
+            "last_seen": "2026-12-06T18:02:12.530Z",
+            "job_id": PIPELINE_JOB_ID,
+        },
+        {
+            "id": "cpu-box-2:811:03be77",
+            "hostname": "cpu-box-2",
+            "device": "cpu",
+            "gpus": 0,
+            "gpu_memory_bytes": 0,
+            "labels": [],
+            "started_at": "2026-12-06T17:55:40.004Z",
+            "last_seen": "2026-12-06T18:02:10.991Z",
+            "job_id": None,
+        },
+    ]
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from app.core import job_states
 from app.core.files import remove_tree
-from app.models import FINISHED_STATES, Job, JobEvent, JobState
-from app.models.base import new_id
+from app.models import FINISHED_STATES, Job, JobEvent, JobState, WorkerRecord
+from app.models.base import new_id, utcnow
 from app.schemas.job import JobOut, MetricHistory, MetricPoint
 from app.schemas.job_spec import spec_inputs
+from app.schemas.resources import Resources
 from app.services import owned
 from app.services.errors import ConflictError, InvalidError, field_error
 from app.services.spec_check import AnySpec, check_spec
@@ -32,7 +34,37 @@ def request_hash(body: Any) -> str:
     ).hexdigest()
 
 
-def job_out(job: Job) -> JobOut:
+# Live workers' (GPUs, labels), as `waiting_reason` weighs them.
+WorkerFigures = list[tuple[int, list[str]]]
+
+
+def live_workers(session: Session, stale_after_seconds: float) -> WorkerFigures:
+    """Every worker seen within the stale period: its GPUs and labels."""
+    since = utcnow() - timedelta(seconds=stale_after_seconds)
+    rows = session.execute(
+        select(WorkerRecord.gpus, WorkerRecord.labels).where(WorkerRecord.last_seen >= since)
+    ).all()
+    return [(gpus, list(labels or [])) for gpus, labels in rows]
+
+
+def waiting_reason(job: Job, workers: WorkerFigures | None) -> str | None:
+    """Why a QUEUED job waits, when no live worker can claim it; None otherwise (or when
+    `workers` were not looked up)."""
+    if workers is None or job.state != JobState.QUEUED:
+        return None
+    needs = Resources.model_validate((job.spec or {}).get("resources") or {})
+    if not workers:
+        return "no live worker: start one (stillhouse worker) against this database"
+    if any(needs.met_by(gpus, labels) for gpus, labels in workers):
+        return None
+    return (
+        f"no live worker has {needs.describe()} (resources); {len(workers)} live "
+        f"worker(s): see GET /api/v1/workers"
+    )
+
+
+def job_out(job: Job, workers: WorkerFigures | None = None) -> JobOut:
+    """The job as the API answers it; with `workers` (live_workers), its waiting_reason."""
     return JobOut.model_validate(
         {
             "id": job.id,
@@ -52,6 +84,7 @@ def job_out(job: Job) -> JobOut:
             "finished_at": job.finished_at,
             "model_id": job.model_id,
             "report": job.report,
+            "waiting_reason": waiting_reason(job, workers),
         }
     )
 

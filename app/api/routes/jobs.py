@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, PageSize, PageToken, SessionDep, SettingsDep, WriteSessionDep
 from app.api.responses import example, problems
+from app.config import Settings
 from app.db import get_sessionmaker
 from app.models import FINISHED_STATES, Job, JobState
 from app.schemas.job import JobList, JobOut, MetricHistory
@@ -21,6 +23,7 @@ from app.schemas.job_spec import JobSpec
 from app.services import examples
 from app.services import jobs as jobs_service
 from app.services.examples import JOB_EXAMPLES
+from app.services.jobs import WorkerFigures
 from app.services.paging import DEFAULT_PAGE_SIZE
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -75,7 +78,8 @@ async def create_job(
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200
-    return jobs_service.job_out(job)
+    live = await run_in_threadpool(_live, session, settings, [job])
+    return jobs_service.job_out(job, live)
 
 
 @router.get(
@@ -92,6 +96,7 @@ async def create_job(
 def list_jobs(
     owner: OwnerDep,
     session: SessionDep,
+    settings: SettingsDep,
     state: Annotated[JobState | None, Query()] = None,
     kind: Annotated[Literal["pipeline", "distill", "finetune", "train"] | None, Query()] = None,
     page_size: PageSize = DEFAULT_PAGE_SIZE,
@@ -100,7 +105,8 @@ def list_jobs(
     rows, token = jobs_service.list_jobs(
         session, owner=owner, state=state, kind=kind, page_size=page_size, page_token=page_token
     )
-    return JobList(jobs=[jobs_service.job_out(j) for j in rows], next_page_token=token)
+    live = _live(session, settings, rows)
+    return JobList(jobs=[jobs_service.job_out(j, live) for j in rows], next_page_token=token)
 
 
 @router.get(
@@ -115,8 +121,16 @@ def list_jobs(
     "Another owner's job answers 404, exactly like a missing one; the id of another kind of "
     "thing (a model's, say) answers 404 saying what it is.",
 )
-def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
-    return jobs_service.job_out(jobs_service.get_owned(session, owner, job_id))
+def get_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> JobOut:
+    job = jobs_service.get_owned(session, owner, job_id)
+    return jobs_service.job_out(job, _live(session, settings, [job]))
+
+
+def _live(session: Session, settings: Settings, jobs: Sequence[Job]) -> WorkerFigures | None:
+    """The live workers, looked up only when a QUEUED job is shown (its waiting_reason)."""
+    if not any(j.state == JobState.QUEUED for j in jobs):
+        return None
+    return jobs_service.live_workers(session, settings.stale_after_seconds)
 
 
 @router.post(
