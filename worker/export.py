@@ -125,7 +125,7 @@ def export_model(
     both backends are timed with (default: torch's current setting).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    net = _cpu_eval(net)
+    net = cpu_eval(net)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     meta = model_meta(
@@ -157,13 +157,17 @@ def export_model(
     else:
         meta["backends"] = {"preferred": "torch", "reason": "backends were not timed"}
     meta["files"] = files
-    # Strict JSON: a NaN metric (a diverged loss) becomes null, as in the database.
-    meta = json_safe(meta)
-    atomic_write(
-        folder / META_FILE,
-        lambda p: p.write_text(json.dumps(meta, indent=2, allow_nan=False)),
-    )
+    meta = write_meta(folder, meta)
     return ExportedModel(model_id, folder, meta, meta["params"], size)
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """model.json written whole, atomically; answers what was written. Strict JSON: a NaN
+    metric (a diverged loss) becomes null, as in the database."""
+    meta = json_safe(meta)
+    text = json.dumps(meta, indent=2, allow_nan=False)
+    atomic_write(folder / META_FILE, lambda p: p.write_text(text))
+    return meta
 
 
 def weights_file_bytes(net: torch.nn.Module) -> int:
@@ -173,7 +177,7 @@ def weights_file_bytes(net: torch.nn.Module) -> int:
     return len(save(state))
 
 
-def _cpu_eval(net: Network) -> Network:
+def cpu_eval(net: Network) -> Network:
     """The network in eval mode on the CPU (a copy when it lives elsewhere)."""
     tensors = list(net.parameters()) + list(net.buffers())
     if any(t.device.type != "cpu" for t in tensors):

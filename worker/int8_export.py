@@ -5,21 +5,16 @@ writing model.int8.onnx and model.json's `int8` block beside the fp32 export.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from app.core.archs import count_params
 from app.core.datasets import InMemoryData
 from app.core.files import atomic_write
-from app.core.model_format import INT8_ONNX_FILE, META_FILE, ONNX_FILE
-from app.core.safe_json import json_safe
+from app.core.model_format import INT8_ONNX_FILE, ONNX_FILE
 from app.schemas.export import ExportSpec
 from app.schemas.job_spec import (
     Constraints,
@@ -31,7 +26,7 @@ from app.schemas.job_spec import (
 )
 from worker.build import Trained, same_classes
 from worker.context import JobContext
-from worker.export import ExportedModel, export_onnx
+from worker.export import ExportedModel, cpu_eval, export_onnx, write_meta
 from worker.quantize import Int8Result, draw_calibration, quantize_student
 from worker.size_search import budget_violation
 
@@ -63,12 +58,16 @@ class Int8Plan:
     # Where the API serves models: int8 is an ONNX Runtime graph for the CPU; on a GPU
     # the model is served by PyTorch whatever the int8 figures say.
     serving_device: str = "cpu"
-    _sources: list[InMemoryData] | None = field(default=None, repr=False)
+    _sources: list[InMemoryData] = field(default_factory=list, repr=False)
 
-    def sources(self) -> list[InMemoryData]:
-        if self._sources is None:
-            self._sources = [self.load(ref) for ref in self.refs]
-        return self._sources
+    def sources(self) -> Iterator[InMemoryData]:
+        """The calibration sets in order, each loaded when first reached (and kept for
+        the next candidate): the first usually fits, and the target set of a pipeline is
+        then never loaded a second time."""
+        for i, ref in enumerate(self.refs):
+            if i == len(self._sources):
+                self._sources.append(self.load(ref))
+            yield self._sources[i]
 
     def quantize(
         self,
@@ -124,7 +123,7 @@ class Int8Plan:
     def quantize_network(self, trained: Trained, eval_data: InMemoryData | None) -> Int8Result:
         """Export `trained` to ONNX here and quantize it (a size-search candidate)."""
         config = trained.config
-        net = _cpu_copy(trained.net)
+        net = cpu_eval(trained.net)
         shape = [config.in_channels, config.image_size, config.image_size]
         data, info = export_onnx(net, shape, scale=config.scale)
         return self.quantize(trained, data, eval_data, why_no_onnx=info.get("error", ""))
@@ -185,15 +184,3 @@ def add_int8(
     meta["int8"] = result.block
     exported.meta = write_meta(folder, meta)
     return result
-
-
-def write_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """model.json rewritten whole (strict JSON, as export_model writes it)."""
-    meta = json_safe(meta)
-    text = json.dumps(meta, indent=2, allow_nan=False)
-    atomic_write(folder / META_FILE, lambda p: p.write_text(text))
-    return meta
-
-
-def _cpu_copy(net: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(net).to("cpu").eval()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import statistics
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def model_inputs(
 
 
 def draw_calibration(
-    sources: list[InMemoryData], config: NetworkConfig, *, samples: int, seed: int
+    sources: Iterable[InMemoryData], config: NetworkConfig, *, samples: int, seed: int
 ) -> tuple[np.ndarray, str]:
     """`samples` inputs drawn by `seed` from the first source whose images fit the model,
     and that source's description; ValueError when none fits."""

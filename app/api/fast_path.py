@@ -30,6 +30,7 @@ from starlette.responses import Response
 from app.api.errors import problem_of, problem_response, unexpected_problem
 from app.api.routes import models, v2
 from app.metrics import HTTP_LATENCY
+from app.serving.predict import K_DEFAULT, K_MAX
 
 Scope = dict[str, Any]
 
@@ -38,9 +39,8 @@ _ID = r"[^/:]+"
 _V1 = re.compile(rf"/api/v1/models/({_ID})/predict")
 _V2 = re.compile(rf"/v2/models/({_ID})/infer")
 _V2_VERSION = re.compile(rf"/v2/models/({_ID})/versions/([^/]+)/infer")
-# `k` as the route declares it: 1 to 1000, default 3.
-_K = re.compile(rb"k=([0-9]{1,4})")
-K_DEFAULT, K_MAX = 3, 1000
+# `k` as the route declares it (app/serving/predict.py: 1 to K_MAX, default K_DEFAULT).
+_K = re.compile(rb"k=([0-9]{1,%d})" % len(str(K_MAX)))
 
 
 class _Template:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from app.core import job_states
 from app.core.files import remove_tree
-from app.models import FINISHED_STATES, Job, JobEvent, JobState, WorkerRecord
-from app.models.base import new_id, utcnow
+from app.models import FINISHED_STATES, Job, JobEvent, JobState
+from app.models.base import new_id
 from app.schemas.job import JobOut, MetricHistory, MetricPoint
 from app.schemas.job_spec import spec_inputs
 from app.schemas.resources import Resources
-from app.services import owned
+from app.services import owned, workers
 from app.services.errors import ConflictError, InvalidError, field_error
 from app.services.spec_check import AnySpec, check_spec
 
@@ -39,12 +38,9 @@ WorkerFigures = list[tuple[int, list[str]]]
 
 
 def live_workers(session: Session, stale_after_seconds: float) -> WorkerFigures:
-    """Every worker seen within the stale period: its GPUs and labels."""
-    since = utcnow() - timedelta(seconds=stale_after_seconds)
-    rows = session.execute(
-        select(WorkerRecord.gpus, WorkerRecord.labels).where(WorkerRecord.last_seen >= since)
-    ).all()
-    return [(gpus, list(labels or [])) for gpus, labels in rows]
+    """Every live worker's GPUs and labels (app/services/workers.py)."""
+    rows = workers.live_workers(session, stale_after_seconds)
+    return [(row.gpus, list(row.labels or [])) for row in rows]
 
 
 def waiting_reason(job: Job, workers: WorkerFigures | None) -> str | None:

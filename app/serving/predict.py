@@ -28,6 +28,9 @@ from app.serving.inputs import (
 from app.serving.oip import softmax
 from app.serving.server import ModelServer
 
+# `k` of /predict: classes in each answer's top_k, by default and at most (the route's
+# query parameter and the fast path read it with these).
+K_DEFAULT, K_MAX = 3, 1000
 # JSON bodies larger than this are decoded in a thread, off the event loop (bytes).
 INLINE_DECODE_BYTES = 64 * 1024
 # Answers with more top-k entries than this are built in a thread too: 256 images with

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.api.fast_path import K_DEFAULT, V1_TEMPLATE, V2_TEMPLATE, fast_route
+from app.api.fast_path import V1_TEMPLATE, V2_TEMPLATE, fast_route
+from app.serving.predict import K_DEFAULT
 from tests.app.serving import factory
 from tests.app.serving.factory import install_model
 

@@ -244,8 +244,11 @@ async def predict(
     model_id: str,
     request: Request,
     k: Annotated[
-        int, Query(ge=1, le=1000, description="Classes in top_k (at most the model's count).")
-    ] = 3,
+        int,
+        Query(
+            ge=1, le=predictor.K_MAX, description="Classes in top_k (at most the model's count)."
+        ),
+    ] = predictor.K_DEFAULT,
 ) -> Response:
     start = time.perf_counter()
     # Settings without a dependency: FastAPI would run the sync getter in a thread.

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.responses import example, problems
-from app.models import WorkerRecord
-from app.models.base import utcnow
 from app.schemas.worker import WorkerList, WorkerOut
 from app.services import examples
+from app.services.workers import live_workers
 
 router = APIRouter(prefix="/api/v1/workers", tags=["operations"])
 
@@ -29,10 +25,5 @@ router = APIRouter(prefix="/api/v1/workers", tags=["operations"])
     "that died drops out after the stale period. Any key may read it.",
 )
 def list_workers(_owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> WorkerList:
-    since = utcnow() - timedelta(seconds=settings.stale_after_seconds)
-    rows = session.scalars(
-        select(WorkerRecord)
-        .where(WorkerRecord.last_seen >= since)
-        .order_by(WorkerRecord.started_at, WorkerRecord.id)
-    ).all()
+    rows = live_workers(session, settings.stale_after_seconds)
     return WorkerList(workers=[WorkerOut.model_validate(row, from_attributes=True) for row in rows])

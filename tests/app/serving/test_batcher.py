@@ -189,3 +189,29 @@ def test_an_inline_batch_that_fails_still_fails_alone():
     good, bad, other = asyncio.run(main())
     assert isinstance(bad, ValueError)
     assert float(good[0, 0]) == 2.0 and float(other[0, 0]) == 4.0
+
+
+def test_a_gpu_model_server_never_runs_passes_on_the_event_loop():
+    # No GPU here: the rule is read off the batcher a cuda server would make for a model.
+    import torch
+
+    from app.config import get_settings
+    from app.serving.backends import LoadedModel
+    from app.serving.server import ModelServer
+
+    class Backend:
+        name = "torch"
+        size_bytes = 1
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            return x
+
+    server = ModelServer(get_settings())
+    model = LoadedModel("m", Backend(), ["a"], (1, 2, 2), 1.0, {})
+    try:
+        assert server._batcher(model).inline_max_s > 0  # the CPU default
+        server.device = torch.device("cuda")
+        server._batchers.clear()
+        assert server._batcher(model).inline_max_s == 0
+    finally:
+        server.executor.shutdown(wait=False)

@@ -119,3 +119,9 @@ def test_a_model_without_int8_says_why_there_is_no_file(client, alice, tmp_path)
     assert model["int8"] is None and model["serving_backend"] in ("onnx", "torch")
     r = client.get(f"/api/v1/models/{model_id}/artifacts/model.int8.onnx", headers=alice)
     assert r.status_code == 404 and "its job did not ask for int8" in r.json()["detail"]
+
+
+def test_on_a_gpu_serving_device_pytorch_serves_whatever_int8_says(int8_folder, tmp_path):
+    ref = stored(int8_folder, tmp_path)
+    for setting in ("auto", "onnx_int8", "onnx"):
+        assert choose_backend(ref.meta, ref.folder, setting=setting, device="cuda") == "torch"
