@@ -45,6 +45,8 @@ class JobContext:
     reporter: Reporter
     store: CheckpointStore
     lookups: Lookups
+    # Data-parallel processes that train each stage (the spec's resources; worker/parallel.py).
+    processes: int = 1
 
     def load_data(self, ref: DatasetRef, *, seed: int) -> InMemoryData:
         """A dataset reference, loaded with its filters (an upload read from the store)."""

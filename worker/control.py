@@ -25,6 +25,11 @@ class LeaseLost(JobInterrupted):
     """Another worker owns the job now (our heartbeat went stale); write nothing more."""
 
 
+class StopRequested(JobInterrupted):
+    """A data-parallel rank stops because the worker asked every rank to (worker/parallel.py);
+    the worker's own control says why."""
+
+
 class JobControl:
     def __init__(self) -> None:
         self.cancelled = threading.Event()

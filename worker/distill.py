@@ -17,13 +17,13 @@ from worker.context import JobContext, JobFailedError
 from worker.inference import FeatureHook, batches, collect
 from worker.objectives import DistillObjective
 from worker.schedule import describe, resolve_stage
-from worker.stages import EvalFn, run_fit_stage, stage_done
+from worker.stages import run_fit_stage, stage_done
 from worker.teacher_outputs import (
     ViewSchedule,
     compute_teacher_outputs,
     feature_cache_fits,
 )
-from worker.train import EVAL_BATCH_SIZE
+from worker.train import EVAL_BATCH_SIZE, EvalFn
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +224,25 @@ def distill_eval_fn(
     )
     if len(held_out) == 0:
         return None
-    teacher_pred: list[torch.Tensor] = []  # computed at the first evaluation, then kept
+    return Agreement(teacher.net, held_out, use_labels=use_labels)
 
-    def fn(model: torch.nn.Module) -> dict[str, float]:
-        if not teacher_pred:
-            t_out = compute_teacher_outputs(teacher.net, held_out, device=ctx.device)
-            teacher_pred.append(t_out.logits.argmax(1))
-        out = collect(batches(model, held_out, device=ctx.device, batch_size=EVAL_BATCH_SIZE))
+
+class Agreement:
+    """The student's agreement with the teacher's top class on a held-out set (picklable,
+    for data-parallel ranks), on the device the student is on."""
+
+    def __init__(self, teacher: torch.nn.Module, held_out: InMemoryData, *, use_labels: bool):
+        self.teacher, self.held_out, self.use_labels = teacher, held_out, use_labels
+        self.teacher_pred: torch.Tensor | None = None  # computed at the first evaluation
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        if self.teacher_pred is None:
+            t_out = compute_teacher_outputs(self.teacher, self.held_out, device=device)
+            self.teacher_pred = t_out.logits.argmax(1)
+        out = collect(batches(model, self.held_out, device=device, batch_size=EVAL_BATCH_SIZE))
         pred = out.logits.argmax(1)
-        scores = {"agreement": float((pred == teacher_pred[0]).float().mean())}
-        if use_labels and held_out.y is not None:
-            scores["accuracy"] = float((pred == held_out.y.to(pred.device)).float().mean())
+        scores = {"agreement": float((pred == self.teacher_pred.to(pred.device)).float().mean())}
+        if self.use_labels and self.held_out.y is not None:
+            scores["accuracy"] = float((pred == self.held_out.y.to(pred.device)).float().mean())
         return scores
-
-    return fn

@@ -26,8 +26,16 @@ class FeatureHook:
 
     def __init__(self, model: nn.Module, name: str) -> None:
         self.value: torch.Tensor | None = None
-        module = model.get_submodule(name)
-        self.handle = module.register_forward_hook(self._store)
+        self.module = model.get_submodule(name)
+        self.handle = self.module.register_forward_hook(self._store)
+
+    def attach(self) -> None:
+        """Hook the layer again after `remove` (a data-parallel rank re-hooks its copy)."""
+        self.handle = self.module.register_forward_hook(self._store)
+
+    def __getstate__(self) -> dict[str, object]:
+        # The handle does not pickle; the copy is attached again where it is loaded.
+        return {"module": self.module, "value": None}
 
     def _store(self, _module: nn.Module, _inputs: object, output: object) -> None:
         self.value = output if isinstance(output, torch.Tensor) else output[0]  # type: ignore[index]

@@ -206,7 +206,9 @@ class Worker:
             lookups=Lookups(self.engine, job.owner, self.settings.artifact_dir),
         )
         try:
-            outcome = run_job_kind(ctx, parse_spec(job.spec), model_id=model_id_for(job.id))
+            spec = parse_spec(job.spec)
+            ctx.processes = spec.resources.world_size()
+            outcome = run_job_kind(ctx, spec, model_id=model_id_for(job.id))
             self._succeed(job, outcome, control)
         except JobCancelled:
             job_states.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.core.losses import HintAdapter, get_loss, hint_mse, soft_target_kl, squared_error
+from app.core.losses import (
+    DistillLoss,
+    HintAdapter,
+    get_loss,
+    hint_mse,
+    soft_target_kl,
+    squared_error,
+)
 from app.schemas.job_spec import DistillLossSpec, FinetuneStage
 from worker.context import JobFailedError
 from worker.inference import FeatureHook
@@ -26,11 +33,17 @@ from worker.teacher_outputs import TeacherOutputs, ViewSchedule
 from worker.train import Objective
 
 
-def supervised(label_smoothing: float = 0.0) -> Objective:
+class Supervised:
     """Supervised training: cross-entropy on class labels, the squared error on float
-    regression targets (decided by the labels' dtype)."""
+    regression targets (decided by the labels' dtype). A class, not a closure, so that
+    data-parallel ranks can be handed it (worker/parallel.py); so are the others here."""
 
-    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor):
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if y is None:
             raise JobFailedError(
                 "unlabelled_data", "this stage needs labels, and its dataset has none"
@@ -38,9 +51,11 @@ def supervised(label_smoothing: float = 0.0) -> Objective:
         logits = model(x)
         if y.is_floating_point():
             return squared_error(logits, y), logits
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
 
-    return objective
+
+def supervised(label_smoothing: float = 0.0) -> Objective:
+    return Supervised(label_smoothing)
 
 
 class DistillObjective:
@@ -70,7 +85,6 @@ class DistillObjective:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.spec = loss
-        self.loss = get_loss(loss.type)
         self.use_labels = use_labels
         self.cache = cache
         self.adapter = adapter
@@ -79,6 +93,26 @@ class DistillObjective:
         self.views = views
         self.mixup = mixup
         self.seed = seed
+
+    @property
+    def loss(self) -> DistillLoss:
+        # Looked up by name (the registry's entries hold functions that need not pickle).
+        return get_loss(self.spec.type)
+
+    @property
+    def hooks(self) -> list[FeatureHook]:
+        return [h for h in (self.student_hook, self.teacher_hook) if h is not None]
+
+    def to(self, device: torch.device) -> None:
+        """Move the teacher and the cache to `device` (a data-parallel rank's own)."""
+        self.teacher.to(device)
+        if self.cache is not None:
+            self.cache = TeacherOutputs(
+                self.cache.logits.to(device),
+                None if self.cache.features is None else self.cache.features.to(device),
+            )
+        if self.adapter is not None:
+            self.adapter.to(device)
 
     def mix(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Mixup within the batch: (mixed x, each row's partner, the weight of its own
@@ -147,6 +181,12 @@ class FinetuneObjective:
         self.stage = stage
         self.teacher = teacher.eval() if teacher is not None else None
         self.cache = cache
+
+    def to(self, device: torch.device) -> None:
+        if self.teacher is not None:
+            self.teacher.to(device)
+        if self.cache is not None:
+            self.cache = self.cache.to(device)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor

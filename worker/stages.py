@@ -9,7 +9,6 @@ interrupted mid-way resumes from its last epoch's checkpoint inside `fit`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,14 +19,14 @@ from app.schemas.job_spec import FinetuneStage, ModelSpec, StageSpec, default_ev
 from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError
 from worker.objectives import FinetuneObjective, supervised
+from worker.parallel import fit_in_processes
+from worker.rank import FitTask
 from worker.schedule import describe, resolve_stage
 from worker.sources import ModelSource
 from worker.teacher_outputs import compute_teacher_outputs
-from worker.train import Objective, evaluate, fit
+from worker.train import EvalFn, Objective, evaluate, fit
 
 log = logging.getLogger(__name__)
-
-EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def stage_done(ctx: JobContext, stage: str, net: torch.nn.Module) -> dict[str, Any] | None:
@@ -54,12 +53,15 @@ def run_fit_stage(
     eval_fn: EvalFn | None = None,
     description: str = "",
     announce: bool = True,
-    **fit_kwargs: Any,
+    extra_modules: torch.nn.ModuleDict | None = None,
+    on_epoch_start: Any = None,
 ) -> dict[str, Any]:
-    """Fit `net` as stage `stage` (resuming inside the stage), then save its result.
+    """Fit `net` as stage `stage` (resuming inside the stage), then save its result: in
+    this process, or as the job's data-parallel processes (worker/parallel.py).
 
     `announce=False`: the caller already announced the stage (work before the fit, such
-    as caching the teacher's outputs, belongs to it)."""
+    as caching the teacher's outputs, belongs to it). `extra_modules`, `on_epoch_start`:
+    see `fit`."""
     spec_stage = resolve_stage(spec_stage, data)
     if announce:
         assert spec_stage.epochs is not None
@@ -67,30 +69,45 @@ def run_fit_stage(
         text = f"{description}: {schedule}" if description else f"stage {stage}: {schedule}"
         ctx.reporter.stage(stage, epochs=spec_stage.epochs, description=text)
     net.to(ctx.device)
-    result = fit(
+    task = FitTask(
         stage_name=stage,
         model=net,
         train=data,
         stage=spec_stage,
         objective=objective,
-        device=ctx.device,
         seed=seed,
-        control=ctx.control,
-        sink=ctx.reporter,
         checkpoints=ctx.store,
         eval_fn=eval_fn,
-        **fit_kwargs,
+        extra_modules=extra_modules,
+        on_epoch_start=on_epoch_start,
+        # The distill objective's hint hooks, re-attached in each rank.
+        hooks=list(getattr(objective, "hooks", [])),
     )
+    if ctx.processes == 1:
+        result = fit(**task.fit_args(), device=ctx.device, control=ctx.control, sink=ctx.reporter)
+    else:
+        result = fit_in_processes(
+            task,
+            processes=ctx.processes,
+            device=ctx.device,
+            control=ctx.control,
+            sink=ctx.reporter,
+            threads=ctx.settings.torch_threads(),
+        )
     record = {"history": result.history, "seconds": round(result.seconds, 3)}
     ctx.store.save_done(stage, net, record)
     return record
 
 
-def accuracy_fn(ctx: JobContext, data: InMemoryData) -> EvalFn:
-    def fn(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model, data, device=ctx.device)
+class Accuracy:
+    """A stage's per-epoch evaluation on a labelled set (picklable, for data-parallel
+    ranks), on the device the model is on."""
 
-    return fn
+    def __init__(self, data: InMemoryData) -> None:
+        self.data = data
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model, self.data, device=next(model.parameters()).device)
 
 
 def obtain_teacher(
@@ -160,13 +177,9 @@ def finetune(
                 teacher_net, data, device=ctx.device, control=ctx.control
             ).logits
 
-    head = "backbone." + head_name(target.net.backbone)
-
-    def freeze(epoch: int) -> None:
-        # The first `freeze_backbone_epochs` epochs train the new head alone.
-        frozen = epoch < stage_spec.freeze_backbone_epochs
-        for name, p in target.net.named_parameters():
-            p.requires_grad_(not frozen or name.startswith(head + "."))
+    freeze = FreezeBackbone(
+        target.net, "backbone." + head_name(target.net.backbone), stage_spec.freeze_backbone_epochs
+    )
 
     run_fit_stage(
         ctx,
@@ -176,13 +189,28 @@ def finetune(
         spec_stage=stage_spec,
         objective=FinetuneObjective(stage_spec, teacher_net, cache),
         seed=seed,
-        eval_fn=accuracy_fn(ctx, eval_data) if eval_data is not None else None,
+        eval_fn=Accuracy(eval_data) if eval_data is not None else None,
         description=f"fine-tuning {target.config.arch} on {data.description} ({len(data)} images)",
         on_epoch_start=freeze if stage_spec.freeze_backbone_epochs else None,
     )
     for p in target.net.parameters():
         p.requires_grad_(True)
     return target
+
+
+class FreezeBackbone:
+    """The first `epochs` epochs train the new head alone (an `on_epoch_start` of fit)."""
+
+    # Tells a data-parallel fit that some parameters get no gradient for a while.
+    freezes = True
+
+    def __init__(self, net: torch.nn.Module, head: str, epochs: int) -> None:
+        self.net, self.head, self.epochs = net, head, epochs
+
+    def __call__(self, epoch: int) -> None:
+        frozen = epoch < self.epochs
+        for name, p in self.net.named_parameters():
+            p.requires_grad_(not frozen or name.startswith(self.head + "."))
 
 
 def train_from_scratch(
@@ -213,7 +241,7 @@ def train_from_scratch(
             spec_stage=stage_spec,
             objective=supervised(stage_spec.label_smoothing),
             seed=seed,
-            eval_fn=accuracy_fn(ctx, eval_data) if eval_data is not None else None,
+            eval_fn=Accuracy(eval_data) if eval_data is not None else None,
             description=f"training {role}{config.arch} on {data.description} ({len(data)} images)",
         )
     return trained

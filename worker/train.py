@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,13 @@ from app.core.datasets import InMemoryData
 from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
-from worker.control import JobControl
+from worker.control import JobControl, StopRequested
 from worker.data import epoch_batches, steps_per_epoch
 from worker.inference import batches
 from worker.schedule import resolve_stage, total_steps
+
+if TYPE_CHECKING:
+    from worker.rank import Rank
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class Objective(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+# A stage's per-epoch evaluation: the model -> named scores (on the model's device).
+EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -147,15 +154,18 @@ def fit(
     control: JobControl,
     sink: ProgressSink,
     checkpoints: CheckpointStore | None = None,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_fn: EvalFn | None = None,
     extra_modules: nn.ModuleDict | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    rank: Rank | None = None,
 ) -> FitResult:
     """Train `model` on `train` for `stage.epochs`, resuming from the stage's checkpoint.
 
     `extra_modules` (a hint adapter, say) are optimised and checkpointed with the model.
     `on_epoch_start(epoch)` may change which parameters train (a frozen backbone); the
     optimiser holds every parameter, and frozen ones simply get no gradient.
+    `rank`: this process is one of several data-parallel ones (worker/parallel.py); each
+    step trains on its share of the global batch, and rank 0 alone writes checkpoints.
     """
     started = time.perf_counter()
     # Batch size, epochs and augmentation decided for this data (the callers resolved it
@@ -168,8 +178,14 @@ def fit(
         torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)
     bf16 = stage.precision == "bf16" or (stage.precision == "auto" and cuda)
-    # The compiled module shares parameters with `model`; checkpoints use `model`.
-    step_model = torch.compile(model) if stage.compile else model
+    # The wrapped (DDP) and compiled modules share parameters with `model`; checkpoints
+    # use `model`.
+    step_model = model
+    if rank is not None:
+        # DDP must know in advance that some parameters will sit out (a frozen backbone).
+        some_frozen = getattr(on_epoch_start, "freezes", False)
+        step_model = rank.wrap(model, some_frozen=some_frozen)
+    step_model = torch.compile(step_model) if stage.compile else step_model
     data_x, data_y = resident_data(train, device)
     trainable = list(model.parameters())
     if extra_modules is not None:
@@ -200,9 +216,15 @@ def fit(
     model.train()
     step_seconds: float | None = None  # moving average, for an honest ETA
     eval_seconds = 0.0
+    aug_gen = gen
     for epoch in range(start_epoch, stage.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
+        if rank is not None:
+            # Every rank draws the same shuffle from `gen`; augmentation and dropout differ
+            # per rank, seeded by (seed, epoch, rank) so a resumed epoch replays them.
+            aug_gen = torch.Generator().manual_seed(hash((seed, epoch, rank.rank)) % 2**62)
+            torch.manual_seed(hash((seed, epoch, rank.rank, 1)) % 2**62)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
@@ -210,11 +232,16 @@ def fit(
         for step, idx in enumerate(batches):
             if epoch * n_steps + step >= all_steps:
                 break
-            control.check()
+            if rank is None:
+                control.check()
+            elif rank.stop_requested():
+                raise StopRequested(f"{stage_name}: stopped at the worker's request")
             t0 = time.perf_counter()
+            if rank is not None:
+                idx = rank.shard(idx)
             x = data_x[idx.to(data_x.device)].to(device, non_blocking=True).float()
             if stage.augment != "none":
-                x = random_augment(x, stage.augment, gen)
+                x = random_augment(x, stage.augment, aug_gen)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = None
@@ -224,6 +251,8 @@ def fit(
                 loss, logits = objective(step_model, x, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if rank is not None and extra_modules is not None:
+                rank.average_gradients(list(extra_modules.parameters()))
             optimizer.step()
             schedule.step()
             # Accumulate on the device: no host sync per step.
@@ -247,6 +276,12 @@ def fit(
                     eta_seconds=eta,
                 )
             )
+        if rank is not None:
+            # The epoch's figures over every rank's samples.
+            loss_total, correct_total, seen = rank.sum(loss_sum, correct, torch.tensor(float(seen)))
+            loss_sum = torch.tensor(loss_total)
+            correct = torch.tensor(int(correct_total))
+            seen = int(seen)
         values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
         if not math.isfinite(values["train_loss"]):
             # NaN weights would otherwise "succeed" and be served; say what to change.
@@ -266,7 +301,7 @@ def fit(
             eval_seconds = (time.perf_counter() - t_eval) / max(1, stage.eval_every)
         result.history.append({"epoch": epoch + 1, **values})
         sink.metric(stage=stage_name, epoch=epoch + 1, values=values)
-        if checkpoints is not None:
+        if checkpoints is not None and (rank is None or rank.writes):
             state = {
                 "epoch": epoch + 1,
                 "model": model.state_dict(),

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
@@ -19,7 +26,16 @@ class Resources(BaseModel):
         ge=0,
         le=64,
         description="GPUs the claiming worker must have (0: any worker, a CPU one too). "
-        "The job trains on one of them.",
+        "With 2 or more the job's training stages run as that many data-parallel "
+        "processes, one per GPU (torch.distributed, DDP).",
+    )
+    processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Data-parallel training processes (torch.distributed, DDP). Default: "
+        "`gpus`, or 1. On a worker without GPUs they share its cores (gloo); on a GPU "
+        "worker each takes one GPU, so at most `gpus` when `gpus` is set.",
     )
     labels: list[Label] = Field(
         default_factory=list,
@@ -32,6 +48,21 @@ class Resources(BaseModel):
     @classmethod
     def _sorted(cls, labels: list[str]) -> list[str]:
         return sorted(set(labels))
+
+    @field_validator("processes")
+    @classmethod
+    def _one_gpu_per_process(cls, processes: int | None, info: ValidationInfo) -> int | None:
+        gpus = info.data.get("gpus", 0)
+        if gpus and processes is not None and processes > gpus:
+            raise ValueError(
+                f"{processes} processes for {gpus} GPUs: each process trains on its own GPU, "
+                "so at most `gpus`"
+            )
+        return processes
+
+    def world_size(self) -> int:
+        """How many processes train the job's stages."""
+        return self.processes if self.processes is not None else max(1, self.gpus)
 
     def column(self) -> str:
         """The labels as the jobs table stores them: sorted, comma-joined ('' for none)."""

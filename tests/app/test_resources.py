@@ -73,6 +73,9 @@ def test_a_job_no_live_worker_can_run_says_so(client, alice, tiny_spec, monkeypa
         ({"labels": ["has space"]}, "resources.labels"),
         ({"labels": [""]}, "resources.labels"),
         ({"cpus": 4}, "resources.cpus"),
+        ({"processes": 0}, "resources.processes"),
+        ({"processes": 65}, "resources.processes"),
+        ({"gpus": 2, "processes": 3}, "resources.processes"),
     ],
 )
 def test_bad_resources_are_refused_by_name(client, alice, tiny_spec, resources, field):
