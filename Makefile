@@ -27,9 +27,14 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Lint, then every test against SQLite and the Postgres at 127.0.0.1:5432.
+# Lint, then every test against SQLite and the Postgres at 127.0.0.1:5432, except those
+# marked slow (the pipeline examples' full runs: make test-slow).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# The tests marked slow: each pipeline example in examples/ run end to end (~6 minutes).
+test-slow: venv
+	$(BIN)/pytest -m slow
 
 # The benchmarks, sized for a 2-core machine (under 10 minutes); prints one JSON line.
 bench: venv

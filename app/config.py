@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A dataset may take this many times STILLHOUSE_MAX_UPLOAD_BYTES once decoded.
@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     # --- store ---
     database_url: str = "sqlite:///./stillhouse.db"
     artifact_dir: Path = Path("./artifacts")
+    # Where artifacts live when machines share no disk: s3://bucket/prefix (the artifact
+    # dir is then this process's working copy), or file:///path (the artifact dir itself).
+    # See app/core/artifacts.py and docs/deploy.md.
+    artifact_url: str | None = None
+    # An S3-compatible server (MinIO, Ceph, moto) instead of AWS's.
+    s3_endpoint_url: str | None = None
     # Larger uploads answer 413 (bytes).
     max_upload_bytes: int = 1024**3
     # Larger JSON bodies on /api/v1/jobs (job specs) answer 413 (bytes).
@@ -102,6 +108,21 @@ class Settings(BaseSettings):
         compressed arrays that expand without bound, and against specs (10M synthetic
         images at 224 pixels) that would take a worker down."""
         return DATASET_EXPANSION * self.max_upload_bytes
+
+    @model_validator(mode="after")
+    def _artifact_url(self) -> Settings:
+        url = self.artifact_url
+        if url is None or url == "":
+            self.artifact_url = None
+        elif url.startswith("file://"):
+            # file:///srv/artifacts is the directory itself (on a shared file system, say).
+            self.artifact_dir = Path(url.removeprefix("file://"))
+            self.artifact_url = None
+        elif not url.startswith("s3://") or len(url) <= len("s3://"):
+            raise ValueError(
+                f"STILLHOUSE_ARTIFACT_URL={url!r}: expected file:///path or s3://bucket/prefix"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -19,10 +19,11 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu \
 
 WORKDIR /srv/stillhouse
 
-# The remaining dependencies, read from pyproject.toml alone, so that editing the code
-# does not reinstall them (this layer is rebuilt only when pyproject.toml changes).
+# The remaining dependencies and the s3 extra (STILLHOUSE_ARTIFACT_URL=s3://...), read
+# from pyproject.toml alone, so that editing the code does not reinstall them (this layer
+# is rebuilt only when pyproject.toml changes).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

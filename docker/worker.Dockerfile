@@ -48,10 +48,11 @@ RUN pip install --upgrade pip \
 
 WORKDIR /srv/stillhouse
 
-# The remaining dependencies, from pyproject.toml alone (rebuilt only when it changes).
+# The remaining dependencies and the s3 extra, from pyproject.toml alone (rebuilt only
+# when it changes).
 # torch and torchvision are already installed within pyproject's ranges and stay as they are.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

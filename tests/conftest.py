@@ -147,3 +147,52 @@ def bob(env: dict[str, str]) -> dict[str, str]:
 def tiny_spec() -> dict:
     """A training job small enough to finish in a second or two on one core (a fresh copy)."""
     return tiny_train_spec()
+
+
+# Credentials the S3 test server accepts (any); real ones never reach the tests.
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "stillhouse-test",
+    "AWS_SECRET_ACCESS_KEY": "stillhouse-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+S3_BUCKET = "stillhouse-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on a loopback port, with an empty
+    bucket `S3_BUCKET`; its URL."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.helpers import free_port
+
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError(f"moto did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        httpx.put(f"{url}/{S3_BUCKET}", timeout=5).raise_for_status()
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)

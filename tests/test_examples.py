@@ -25,7 +25,15 @@ def test_every_example_is_run_here():
 
 # One backend: the examples exercise the pipeline, which the database does not change.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    # The pipelines train a resnet18 teacher each (about 100 s apiece): `make test-slow`.
+    [
+        pytest.param(p, marks=pytest.mark.slow) if p.stem.startswith(("pipeline", "size")) else p
+        for p in EXAMPLES
+    ],
+    ids=lambda p: p.stem,
+)
 def test_example_succeeds_and_its_report_states_the_gain(env, path: Path, monkeypatch):
     # Every core, as a user's worker has (the suite's default is one thread): the
     # examples are the slowest tests, and the README's figures come from two threads.

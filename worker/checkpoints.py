@@ -1,7 +1,9 @@
 """Per-job checkpoints: a fit's state every epoch, and each finished stage's weights.
 
 Files are written to a temporary name and renamed (app.core.files), so a worker killed
-mid-write leaves the previous checkpoint intact. They are our own files, and still loaded with
+mid-write leaves the previous checkpoint intact; with a shared artifact store each file
+is then copied there (app/core/artifacts.py), so that a worker on another machine
+resumes from it. They are our own files, and still loaded with
 `weights_only=True`: nothing in them is unpickled as code.
 """
 
@@ -15,12 +17,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.core.artifacts import ArtifactStore
 from app.core.files import atomic_write
 
 
 class CheckpointStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, artifacts: ArtifactStore | None = None) -> None:
         self.root = root
+        # Without a shared store (tests, benchmarks) this one only removes local files.
+        self.artifacts = artifacts or ArtifactStore(root)
+
+    def _written(self, *paths: Path) -> None:
+        for path in paths:
+            self.artifacts.push(path)
 
     # -- a fit's state, every epoch
     def _fit_path(self, stage: str) -> Path:
@@ -28,6 +37,7 @@ class CheckpointStore:
 
     def save_fit(self, stage: str, state: dict[str, Any]) -> None:
         atomic_write(self._fit_path(stage), lambda p: torch.save(state, p))
+        self._written(self._fit_path(stage))
 
     def load_fit(self, stage: str) -> dict[str, Any] | None:
         path = self._fit_path(stage)
@@ -45,7 +55,8 @@ class CheckpointStore:
         atomic_write(weights, lambda p: save_file(state, str(p)))
         # The record last: its presence means the stage finished.
         atomic_write(meta, lambda p: p.write_text(json.dumps(record)))
-        self._fit_path(stage).unlink(missing_ok=True)
+        self._written(weights, meta)
+        self.artifacts.remove(self._fit_path(stage))
 
     def load_done(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         weights, meta = self._done_paths(stage)

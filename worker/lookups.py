@@ -1,6 +1,8 @@
 """Database reads a job needs: its owner's uploads, checkpoints and earlier models.
 
-Each read returns a typed record; a row that is gone (deleted after the job was
+Each read returns a typed record, its files fetched into this machine's artifact
+directory from the shared store when they are not there yet (app/core/artifacts.py);
+a row that is gone (deleted after the job was
 submitted, which the API refuses while the job is unfinished) is a MissingResourceError.
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from app.core.artifacts import artifact_store
 from app.core.model_format import StoredModel, model_folder
 from app.models import Checkpoint, Dataset, TrainedModel
 
@@ -47,17 +50,25 @@ class Lookups:
             raise MissingResourceError(f"{what} {id_} does not exist (deleted?)")
         return row
 
+    def _local(self, path: Path) -> Path:
+        artifact_store(self.artifact_dir).pull(path)
+        return path
+
     def dataset_path(self, dataset_id: str) -> Path:
         row = self._one(Dataset, dataset_id, "dataset")
-        return self.artifact_dir / row.path
+        return self._local(self.artifact_dir / row.path)
 
     def checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
         row = self._one(Checkpoint, checkpoint_id, "checkpoint")
         return CheckpointRecord(
-            row.id, self.artifact_dir / row.path, row.arch, row.num_classes, dict(row.meta or {})
+            row.id,
+            self._local(self.artifact_dir / row.path),
+            row.arch,
+            row.num_classes,
+            dict(row.meta or {}),
         )
 
     def model(self, model_id: str) -> StoredModel:
         row = self._one(TrainedModel, model_id, "model")
-        folder = model_folder(self.artifact_dir, row.artifact_path)
+        folder = self._local(model_folder(self.artifact_dir, row.artifact_path))
         return StoredModel(row.id, folder, dict(row.meta))

@@ -23,9 +23,9 @@ from sqlalchemy import Engine
 
 from app.config import Settings, get_settings
 from app.core import job_states
+from app.core.artifacts import artifact_store
 from app.core.datasets import DatasetUnavailableError
 from app.core.devices import serving_device, training_device
-from app.core.files import remove_tree
 from app.core.registry import UnknownNameError
 from app.db import get_write_engine
 from app.logging_setup import configure_logging
@@ -193,6 +193,7 @@ class Worker:
             interval_seconds=self.settings.progress_interval_seconds,
         )
         job_dir = self.settings.artifact_dir / "jobs" / job.id
+        artifacts = artifact_store(self.settings.artifact_dir)
         ctx = JobContext(
             job_id=job.id,
             owner=job.owner,
@@ -202,10 +203,12 @@ class Worker:
             serving_device=self.serving_device,
             control=control,
             reporter=reporter,
-            store=CheckpointStore(job_dir / "checkpoints"),
+            store=CheckpointStore(job_dir / "checkpoints", artifacts),
             lookups=Lookups(self.engine, job.owner, self.settings.artifact_dir),
         )
         try:
+            # Another machine may have run (and checkpointed) this job since this one did.
+            artifacts.refresh(job_dir / "checkpoints")
             spec = parse_spec(job.spec)
             ctx.processes = spec.resources.world_size()
             outcome = run_job_kind(ctx, spec, model_id=model_id_for(job.id))
@@ -259,17 +262,21 @@ class Worker:
                 "size_bytes": model.size_bytes,
                 "artifact_path": str(model.folder.relative_to(self.settings.artifact_dir)),
             }
+        artifacts = artifact_store(self.settings.artifact_dir)
         try:
+            if model is not None:
+                # In the shared store before the row that points at it.
+                artifacts.push(model.folder)
             ok = job_states.succeed(self.engine, job.id, self.worker_id, values=values, model=row)
         except Exception:
             # Nothing was recorded, so no row will ever point at the model's folder.
             if model is not None:
-                remove_tree(model.folder)
+                artifacts.remove(model.folder)
             raise
         if ok:
             return
         if model is not None:
-            remove_tree(model.folder)
+            artifacts.remove(model.folder)
         if not control.lease_lost.is_set():
             job_states.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
 

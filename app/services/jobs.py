@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core import job_states
-from app.core.files import remove_tree
+from app.core.artifacts import artifact_store
 from app.models import FINISHED_STATES, Job, JobEvent, JobState
 from app.models.base import new_id
 from app.schemas.job import JobOut, MetricHistory, MetricPoint
@@ -195,7 +195,7 @@ def delete_job(session: Session, *, owner: str, job_id: str, artifact_dir: Path)
         raise ConflictError(f"job {job_id} changed state; try again")
     session.commit()
     # Checkpoints go with the job; its model (if any) stays until deleted on its own.
-    remove_tree(artifact_dir / "jobs" / job_id)
+    artifact_store(artifact_dir).remove(artifact_dir / "jobs" / job_id)
 
 
 def events_after(session: Session, job_id: str, after: int, limit: int = 500) -> list[JobEvent]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app.core.artifacts import artifact_store
 from app.core.model_format import (
     INT8_ONNX_FILE,
     META_FILE,
@@ -84,7 +85,9 @@ def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
             name,
             f"model {row.id} has no artifact {name!r}; artifacts are {', '.join(ARTIFACTS)}",
         )
-    path = folder_of(row, artifact_dir) / name
+    folder = folder_of(row, artifact_dir)
+    artifact_store(artifact_dir).pull(folder)  # its first use on this machine
+    path = folder / name
     if not path.is_file():
         reason = ""
         if name == ONNX_FILE:

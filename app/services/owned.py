@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.core import job_states
-from app.core.files import remove_path
+from app.core.artifacts import artifact_store
 from app.models import Checkpoint, Dataset, Job, TrainedModel
 from app.models.base import storable
 from app.services.errors import ConflictError, NotFoundError
@@ -116,14 +116,17 @@ def list_owned(
 
 
 def record_with_files(session: Session, row: Any, *, files: Path) -> None:
-    """Commit a new row whose files already lie in place. The row is the only way to find
-    them: if the commit fails, the files go too, rather than stay as orphans."""
+    """Commit a new row whose files already lie in place (and copy them to the shared
+    artifact store, if there is one, first). The row is the only way to find them: if
+    the commit fails, the files go too, rather than stay as orphans."""
+    store = artifact_store()
     try:
+        store.push(files)
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        remove_path(files)
+        store.remove(files)
         raise
 
 
@@ -156,7 +159,8 @@ def delete_unused(
     session.delete(row)
     session.commit()
     try:
-        remove_path(path)
-    except OSError:
-        log.warning("%s %s deleted, but its files could not be removed", what, id_)
+        artifact_store().remove(path)
+    except Exception:
+        # The row is gone, so nothing points at what is left: garbage, not corruption.
+        log.exception("%s %s deleted, but its files could not be removed", what, id_)
     log.info("%s %s deleted by %s", what, id_, owner)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
+from app.core.artifacts import artifact_store
 from app.core.model_format import StoredModel
 from app.db import get_sessionmaker
 from app.models import TrainedModel
@@ -24,8 +25,12 @@ from app.serving.lookup import LookupCache
 
 
 def model_ref(row: TrainedModel, artifact_dir: Path) -> StoredModel:
-    """What serving needs of a model's row: its id, artifact folder and model.json."""
-    return StoredModel(row.id, models_service.folder_of(row, artifact_dir), row.meta)
+    """What serving needs of a model's row: its id, artifact folder and model.json. The
+    folder is fetched from the shared artifact store the first time this machine needs
+    it (a blocking download: call it in a thread, as every caller does)."""
+    folder = models_service.folder_of(row, artifact_dir)
+    artifact_store(artifact_dir).pull(folder)
+    return StoredModel(row.id, folder, row.meta)
 
 
 def lookup(authorization: str, *, model_id: str, artifact_dir: Path) -> tuple[str, StoredModel]:

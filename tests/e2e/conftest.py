@@ -15,7 +15,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ class Stack:
     spawned: list[Proc] = field(default_factory=list)
     # Spawned by the current test with its own settings: stopped after it.
     extra: list[Proc] = field(default_factory=list)
+    # Settings of base worker i (its own artifact directory, say).
+    worker_env: Callable[[int], dict[str, str]] = lambda _i: {}
     _count: int = 0
 
     @property
@@ -142,6 +145,8 @@ class Stack:
 
     # -- workers
     def start_worker(self, *, pool: bool = True, **env: str) -> Proc:
+        if pool:
+            env = {**self.worker_env(len(self.pool)), **env}
         proc = self.spawn("worker", "worker", **env)
         (self.pool if pool else self.extra).append(proc)
         return proc
@@ -272,15 +277,25 @@ def _process_env(database_url: str, root: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def e2e_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_stack(
+    database_url: str,
+    root: Path,
+    *,
+    env: dict[str, str] | None = None,
+    api_env: dict[str, str] | None = None,
+    worker_env: Callable[[int], dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
-    """The API and two workers on an empty, migrated database of each backend."""
-    database_url: str = request.getfixturevalue(f"{request.param}_url")
+    """The API and two workers on an empty, migrated database. `env` adds settings for
+    every process; `api_env` and `worker_env(i)` for the API and for base worker i."""
     _empty(database_url)
-    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    stack = Stack(database_url=database_url, root=root, env=_process_env(database_url, root))
+    stack = Stack(
+        database_url=database_url,
+        root=root,
+        env={**_process_env(database_url, root), **(env or {})},
+    )
+    if worker_env is not None:
+        stack.worker_env = worker_env
     try:
         migrated = stack.run_cli("migrate")
         assert migrated.returncode == 0, migrated.stderr
@@ -289,7 +304,9 @@ def e2e_stack(
         stack.key = created.stdout.strip()
         port = free_port()
         # Two workers import torch while the API does: the start-ups overlap.
-        stack.api = stack.spawn("api", "api", "--host", "127.0.0.1", "--port", str(port))
+        stack.api = stack.spawn(
+            "api", "api", "--host", "127.0.0.1", "--port", str(port), **(api_env or {})
+        )
         first = [stack.start_worker() for _ in range(2)]
         stack.http = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
@@ -314,6 +331,17 @@ def e2e_stack(
             stack.http.close()
         for proc in reversed(stack.spawned):
             proc.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def e2e_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The API and two workers on an empty, migrated database of each backend."""
+    database_url: str = request.getfixturevalue(f"{request.param}_url")
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    with running_stack(database_url, root) as stack:
+        yield stack
 
 
 @pytest.fixture
