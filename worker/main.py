@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings, get_settings
 from app.core import job_states
-from app.core.artifacts import artifact_store
+from app.core.artifacts import ArtifactStoreError, artifact_store
 from app.core.datasets import DatasetUnavailableError
 from app.core.devices import serving_device, training_device
 from app.core.registry import UnknownNameError
@@ -223,7 +223,12 @@ class Worker:
             self._fail(job, exc.code, str(exc))
         except TrainingDivergedError as exc:
             self._fail(job, "diverged", str(exc))
-        except (DatasetUnavailableError, MissingResourceError, UnknownNameError) as exc:
+        except (
+            DatasetUnavailableError,
+            MissingResourceError,
+            UnknownNameError,
+            ArtifactStoreError,  # the shared store did not answer
+        ) as exc:
             self._fail(job, "unavailable", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)

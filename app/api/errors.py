@@ -26,6 +26,7 @@ from app.services.errors import (
     ServiceError,
     TooLargeError,
     UnauthorizedError,
+    UnavailableError,
     field_error,
 )
 from app.serving.backends import ModelUnavailableError
@@ -66,6 +67,7 @@ SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, str, str | None], ...] = (
     (InvalidError, 422, "invalid", "Invalid request"),
     (TooLargeError, 413, "too-large", None),
     (UnauthorizedError, 401, "unauthorized", None),
+    (UnavailableError, 503, "unavailable", None),
 )
 
 

@@ -26,6 +26,8 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class ArtifactStoreError(RuntimeError):
-    """The object store cannot be used as configured (a missing package, say)."""
+    """The object store cannot be used as configured (a missing package), or did not
+    answer; the message names the store and the artifact."""
 
 
 class ArtifactStore:
@@ -81,8 +84,17 @@ class ArtifactStore:
                 raise ArtifactStoreError(
                     f"STILLHOUSE_ARTIFACT_URL={self.url} needs s3fs: pip install 'stillhouse[s3]'"
                 ) from exc
-            # Another machine changes the store at any time: no cached listings.
-            options = {"use_listings_cache": False, "skip_instance_cache": True}
+            # Another machine changes the store at any time: no cached listings. A store
+            # that does not answer fails the request in seconds, not minutes of retries.
+            options = {
+                "use_listings_cache": False,
+                "skip_instance_cache": True,
+                "config_kwargs": {
+                    "connect_timeout": 5,
+                    "read_timeout": 60,
+                    "retries": {"max_attempts": 3, "mode": "standard"},
+                },
+            }
             if self.endpoint_url:
                 options["client_kwargs"] = {"endpoint_url": self.endpoint_url}
         fs, _ = fsspec.core.url_to_fs(self.url, **options)
@@ -95,14 +107,26 @@ class ArtifactStore:
         base = self.url.split("://", 1)[1].rstrip("/")
         return f"{base}/{rel}"
 
+    @contextmanager
+    def _remote(self, what: str, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except ArtifactStoreError:
+            raise
+        except Exception as exc:
+            raise ArtifactStoreError(
+                f"the artifact store {self.url} failed to {what} {self.key(path)}: {exc}"
+            ) from exc
+
     # -- what the API and the workers call
     def push(self, path: Path) -> None:
         """Upload a file, or every file of a folder, written under the directory."""
         if not self.shared:
             return
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for f in files:
-            self.fs.put_file(str(f), self.key(f))
+        with self._remote("store", path):
+            for f in files:
+                self.fs.put_file(str(f), self.key(f))
 
     def pull(self, path: Path) -> bool:
         """Make sure `path` (a file or a folder) is in the directory, fetching it from the
@@ -111,6 +135,10 @@ class ArtifactStore:
             return True
         if not self.shared:
             return False
+        with self._remote("fetch", path):
+            return self._fetch(path)
+
+    def _fetch(self, path: Path) -> bool:
         key = self.key(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.fs.isfile(key):
@@ -150,8 +178,9 @@ class ArtifactStore:
         remove_path(path)
         if self.shared:
             key = self.key(path)
-            if self.fs.exists(key):
-                self.fs.rm(key, recursive=True)
+            with self._remote("delete", path):
+                if self.fs.exists(key):
+                    self.fs.rm(key, recursive=True)
 
 
 @lru_cache(maxsize=8)
@@ -168,3 +197,12 @@ def artifact_store(root: Path | None = None) -> ArtifactStore:
     return _store(
         str(root or settings.artifact_dir), settings.artifact_url, settings.s3_endpoint_url
     )
+
+
+@contextmanager
+def available(error: type[Exception]) -> Iterator[None]:
+    """Re-raise the store's failures as `error` (the API's 503)."""
+    try:
+        yield
+    except ArtifactStoreError as exc:
+        raise error(str(exc)) from exc

@@ -58,6 +58,10 @@ class UnauthorizedError(ServiceError):
     """No API key, or one that is not (or no longer) valid."""
 
 
+class UnavailableError(ServiceError):
+    """A part the service relies on is away (the shared artifact store); try again."""
+
+
 def invalid(field: str, message: str) -> InvalidError:
     """One field's problem as an InvalidError."""
     return InvalidError([field_error(field, message)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.core.artifacts import artifact_store
+from app.core.artifacts import artifact_store, available
 from app.core.model_format import (
     INT8_ONNX_FILE,
     META_FILE,
@@ -17,7 +17,7 @@ from app.core.model_format import (
 from app.models import TrainedModel
 from app.schemas.model import ModelOut
 from app.services import owned
-from app.services.errors import NotFoundError, ServiceError
+from app.services.errors import NotFoundError, ServiceError, UnavailableError
 
 # Downloadable artifacts and their media types.
 ARTIFACTS = {
@@ -86,7 +86,8 @@ def artifact_file(row: TrainedModel, name: str, artifact_dir: Path) -> Path:
             f"model {row.id} has no artifact {name!r}; artifacts are {', '.join(ARTIFACTS)}",
         )
     folder = folder_of(row, artifact_dir)
-    artifact_store(artifact_dir).pull(folder)  # its first use on this machine
+    with available(UnavailableError):
+        artifact_store(artifact_dir).pull(folder)  # its first use on this machine
     path = folder / name
     if not path.is_file():
         reason = ""

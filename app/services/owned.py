@@ -16,10 +16,10 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.core import job_states
-from app.core.artifacts import artifact_store
+from app.core.artifacts import ArtifactStoreError, artifact_store, available
 from app.models import Checkpoint, Dataset, Job, TrainedModel
 from app.models.base import storable
-from app.services.errors import ConflictError, NotFoundError
+from app.services.errors import ConflictError, NotFoundError, UnavailableError
 from app.services.paging import next_token, paginate
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,16 @@ def record_with_files(session: Session, row: Any, *, files: Path) -> None:
     the commit fails, the files go too, rather than stay as orphans."""
     store = artifact_store()
     try:
-        store.push(files)
+        with available(UnavailableError):
+            store.push(files)
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        store.remove(files)
+        try:
+            store.remove(files)
+        except ArtifactStoreError:
+            log.exception("an upload's files could not be removed from the artifact store")
         raise
 
 

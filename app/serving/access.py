@@ -15,11 +15,12 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from app.core.artifacts import artifact_store
+from app.core.artifacts import artifact_store, available
 from app.core.model_format import StoredModel
 from app.db import get_sessionmaker
 from app.models import TrainedModel
 from app.services import models as models_service
+from app.services.errors import UnavailableError
 from app.services.keys import owner_for_authorization
 from app.serving.lookup import LookupCache
 
@@ -29,7 +30,8 @@ def model_ref(row: TrainedModel, artifact_dir: Path) -> StoredModel:
     folder is fetched from the shared artifact store the first time this machine needs
     it (a blocking download: call it in a thread, as every caller does)."""
     folder = models_service.folder_of(row, artifact_dir)
-    artifact_store(artifact_dir).pull(folder)
+    with available(UnavailableError):
+        artifact_store(artifact_dir).pull(folder)
     return StoredModel(row.id, folder, row.meta)
 
 

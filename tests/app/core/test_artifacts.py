@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +132,26 @@ def test_artifact_url_settings(tmp_path: Path):
     assert Settings(artifact_url="s3://bucket/prefix").artifact_url == "s3://bucket/prefix"
     with pytest.raises(ValueError, match="STILLHOUSE_ARTIFACT_URL='ftp://x'"):
         Settings(artifact_url="ftp://x")
+
+
+# The store's failure does not depend on the database: one backend.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_upload_the_store_does_not_take_is_a_503_and_leaves_nothing(
+    client, alice, env, monkeypatch
+):
+    from app.config import get_settings
+    from tests.helpers import free_port
+
+    # A store nothing listens at.
+    monkeypatch.setenv("STILLHOUSE_ARTIFACT_URL", f"s3://{S3_BUCKET}/away")
+    monkeypatch.setenv("STILLHOUSE_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, 0, 1]))
+    r = client.post("/api/v1/datasets", files={"file": ("d.npz", buf.getvalue())}, headers=alice)
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert f"s3://{S3_BUCKET}/away" in r.json()["detail"]
+    assert client.get("/api/v1/datasets", headers=alice).json()["datasets"] == []
+    stored = Path(env["STILLHOUSE_ARTIFACT_DIR"]) / "datasets"
+    assert not stored.exists() or list(stored.iterdir()) == []
