@@ -61,11 +61,10 @@ def _net(width: float) -> torch.nn.Module:
     return build_network(NetworkConfig("small_cnn", 10, 1, 8, width=width))
 
 
-def _stage(epochs: int) -> Any:
+def _stage(epochs: int, train: Any) -> Any:
     from app.schemas.job_spec import DatasetRef, StageSpec
     from worker.schedule import resolve_stage
 
-    train, _ = _data()
     spec = StageSpec(dataset=DatasetRef(name="digits"), epochs=epochs, batch_size=64, min_steps=0)
     return resolve_stage(spec, train)
 
@@ -84,7 +83,7 @@ def run_ours(epochs: int, width: float, processes: int, threads: int) -> dict[st
     from worker.train import NullSink, fit
 
     train, test = _data()
-    stage, model = _stage(epochs), _net(width)
+    stage, model = _stage(epochs, train), _net(width)
     torch.set_num_threads(threads)
     started = time.perf_counter()
     if processes == 1:
@@ -133,7 +132,7 @@ def _plain_rank(
         timeout=timedelta(minutes=10),
     )
     train, test = _data()
-    stage = _stage(epochs)
+    stage = _stage(epochs, train)
     model = torch.nn.parallel.DistributedDataParallel(_net(width))
     opt = torch.optim.AdamW(
         model.parameters(), lr=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay

@@ -89,6 +89,8 @@ class Worker:
         self.engine = get_write_engine()
         self.device = training_device(device or settings.device)
         self.serving_device = serving_device(settings.serving_device)
+        # This machine's artifact directory and the shared store behind it, if any.
+        self.artifacts = artifact_store(settings.artifact_dir)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         # Idle waits end early when Postgres announces a queued job (worker/wakeup.py).
@@ -193,7 +195,6 @@ class Worker:
             interval_seconds=self.settings.progress_interval_seconds,
         )
         job_dir = self.settings.artifact_dir / "jobs" / job.id
-        artifacts = artifact_store(self.settings.artifact_dir)
         ctx = JobContext(
             job_id=job.id,
             owner=job.owner,
@@ -203,12 +204,12 @@ class Worker:
             serving_device=self.serving_device,
             control=control,
             reporter=reporter,
-            store=CheckpointStore(job_dir / "checkpoints", artifacts),
+            store=CheckpointStore(job_dir / "checkpoints", self.artifacts),
             lookups=Lookups(self.engine, job.owner, self.settings.artifact_dir),
         )
         try:
             # Another machine may have run (and checkpointed) this job since this one did.
-            artifacts.refresh(job_dir / "checkpoints")
+            self.artifacts.refresh(job_dir / "checkpoints")
             spec = parse_spec(job.spec)
             ctx.processes = spec.resources.world_size()
             outcome = run_job_kind(ctx, spec, model_id=model_id_for(job.id))
@@ -267,21 +268,20 @@ class Worker:
                 "size_bytes": model.size_bytes,
                 "artifact_path": str(model.folder.relative_to(self.settings.artifact_dir)),
             }
-        artifacts = artifact_store(self.settings.artifact_dir)
         try:
             if model is not None:
                 # In the shared store before the row that points at it.
-                artifacts.push(model.folder)
+                self.artifacts.push(model.folder)
             ok = job_states.succeed(self.engine, job.id, self.worker_id, values=values, model=row)
         except Exception:
             # Nothing was recorded, so no row will ever point at the model's folder.
             if model is not None:
-                artifacts.remove(model.folder)
+                self.artifacts.remove(model.folder)
             raise
         if ok:
             return
         if model is not None:
-            artifacts.remove(model.folder)
+            self.artifacts.remove(model.folder)
         if not control.lease_lost.is_set():
             job_states.finish(self.engine, job.id, self.worker_id, state=JobState.CANCELLED)
 

@@ -276,13 +276,16 @@ def fit(
                     eta_seconds=eta,
                 )
             )
-        if rank is not None:
-            # The epoch's figures over every rank's samples.
-            loss_total, correct_total, seen = rank.sum(loss_sum, correct, torch.tensor(float(seen)))
-            loss_sum = torch.tensor(loss_total)
-            correct = torch.tensor(int(correct_total))
-            seen = int(seen)
-        values = {"train_loss": float(loss_sum) / max(1, seen), "lr": schedule.get_last_lr()[0]}
+        # The epoch's figures (over every rank's samples when there are several).
+        loss_total, correct_total, seen_total = (
+            (float(loss_sum), float(correct), float(seen))
+            if rank is None
+            else rank.sum(loss_sum, correct, torch.tensor(float(seen)))
+        )
+        values = {
+            "train_loss": loss_total / max(1, seen_total),
+            "lr": schedule.get_last_lr()[0],
+        }
         if not math.isfinite(values["train_loss"]):
             # NaN weights would otherwise "succeed" and be served; say what to change.
             raise TrainingDivergedError(
@@ -290,7 +293,7 @@ def fit(
                 f"{epoch + 1}; lower the learning rate ({stage.optimizer.lr}) or add warm-up"
             )
         if train.y is not None and not train.y.is_floating_point():
-            values["train_accuracy"] = int(correct) / max(1, seen)
+            values["train_accuracy"] = correct_total / max(1, seen_total)
         last = epoch + 1 == stage.epochs
         due = stage.eval_every > 0 and (epoch + 1) % stage.eval_every == 0
         if eval_fn is not None and (last or due):
