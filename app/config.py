@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     artifact_url: str | None = None
     # An S3-compatible server (MinIO, Ceph, moto) instead of AWS's.
     s3_endpoint_url: str | None = None
+    # Where datasets may be registered by URL (POST /api/v1/datasets with a JSON body),
+    # comma-separated URL prefixes such as "file:///data,s3://datasets/". Empty: none.
+    # Without it, any API key could read any file the API's machine can.
+    dataset_url_roots: str = ""
     # Larger uploads answer 413 (bytes).
     max_upload_bytes: int = 1024**3
     # Larger JSON bodies on /api/v1/jobs (job specs) answer 413 (bytes).
@@ -127,6 +131,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def dataset_roots(self) -> list[str]:
+        """`dataset_url_roots` as a list, each without a trailing slash."""
+        return [p.strip().rstrip("/") for p in self.dataset_url_roots.split(",") if p.strip()]
 
     def labels(self) -> list[str]:
         """`worker_labels` as a sorted list without blanks or repeats."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -57,6 +58,31 @@ class CheckpointStore:
         atomic_write(meta, lambda p: p.write_text(json.dumps(record)))
         self._written(weights, meta)
         self.artifacts.remove(self._fit_path(stage))
+        self.artifacts.remove(self._outputs_path(stage))
+
+    # -- a teacher's outputs over a stage's samples, kept until the stage is done
+    def _outputs_path(self, stage: str) -> Path:
+        return self.root / f"{stage}.teacher.safetensors"
+
+    def save_outputs(self, stage: str, tensors: dict[str, torch.Tensor], key: str) -> None:
+        """Keep a teacher's cached outputs (rows keyed by sample, see `load_outputs`), so a
+        stage resumed on this or another machine does not run the teacher over its data
+        again: over a streamed set that pass costs about an epoch."""
+        cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        path = self._outputs_path(stage)
+        atomic_write(path, lambda p: save_file(cpu, str(p), metadata={"key": key}))
+        self._written(path)
+
+    def load_outputs(self, stage: str, key: str) -> dict[str, torch.Tensor] | None:
+        """The saved outputs when they were computed for `key` (the samples, the views
+        and the layer, in one string), else None."""
+        path = self._outputs_path(stage)
+        if not path.exists():
+            return None
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}).get("key") != key:
+                return None
+        return load_file(str(path))
 
     def load_done(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         weights, meta = self._done_paths(stage)

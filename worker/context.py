@@ -51,9 +51,21 @@ class JobContext:
     def load_data(self, ref: DatasetRef, *, seed: int) -> InMemoryData:
         """A dataset reference, loaded with its filters (an upload read from the store)."""
         uploaded = self.lookups.dataset_path(ref.id) if ref.id is not None else None
-        return load_dataset(
-            ref, data_root=self.settings.data_root, seed=seed, uploaded_path=uploaded
+        # A dataset by URL is held in memory when it fits the bound every dataset in
+        # memory has (STILLHOUSE_MAX_UPLOAD_BYTES x 4); a larger one is streamed.
+        data = load_dataset(
+            ref,
+            data_root=self.settings.data_root,
+            seed=seed,
+            uploaded_path=uploaded,
+            memory_bytes=self.settings.max_dataset_bytes,
         )
+        if data.streamed:
+            self.reporter.log(
+                f"{data.description}: {len(data)} images decode to more than "
+                f"{self.settings.max_dataset_bytes} bytes; read from their URL every epoch"
+            )
+        return data
 
 
 @dataclass

@@ -20,8 +20,11 @@ from worker.schedule import describe, resolve_stage
 from worker.stages import run_fit_stage, stage_done
 from worker.teacher_outputs import (
     ViewSchedule,
+    cache_key,
     compute_teacher_outputs,
     feature_cache_fits,
+    outputs_tensors,
+    saved_outputs,
 )
 from worker.train import EVAL_BATCH_SIZE, EvalFn
 
@@ -105,15 +108,22 @@ def distill(
             if views is None
             else (f"{stage_spec.teacher_views} augmented views of {len(data)} samples")
         )
-        ctx.reporter.log(f"caching the teacher's outputs for {count}", stage=stage)
-        cache = compute_teacher_outputs(
-            teacher_here.net,
-            data,
-            device=ctx.device,
-            control=ctx.control,
-            feature_layer=hints.teacher_layer if hints is not None else None,
-            views=views,
-        )
+        layer = hints.teacher_layer if hints is not None else None
+        key = cache_key(data, views, layer, seed=seed)
+        cache = saved_outputs(ctx.store.load_outputs(stage, key), ctx.device)
+        if cache is not None:
+            ctx.reporter.log(f"the teacher's outputs for {count} were kept: reused", stage=stage)
+        else:
+            ctx.reporter.log(f"caching the teacher's outputs for {count}", stage=stage)
+            cache = compute_teacher_outputs(
+                teacher_here.net,
+                data,
+                device=ctx.device,
+                control=ctx.control,
+                feature_layer=layer,
+                views=views,
+            )
+            ctx.store.save_outputs(stage, outputs_tensors(cache), key)
     if views is not None:
         # The objective applies the view; the loop must not augment again.
         fit_stage = stage_spec.model_copy(update={"augment": "none"})

@@ -16,6 +16,7 @@ from torch import nn
 
 from app.core.datasets import InMemoryData
 from worker.control import JobControl
+from worker.data import read_batches
 
 # A view of a batch (x, sample indices) -> x, e.g. an augmentation replayed per sample.
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,16 +77,25 @@ def batches(
     model.eval().to(device)
     hook = FeatureHook(model, feature_layer) if feature_layer else None
     try:
-        for start in range(0, len(data), batch_size):
+        starts = range(0, len(data), batch_size)
+        images = None
+        if data.streamed:
+            # Read ahead by DataLoader processes while the network runs.
+            order = torch.arange(len(data)).split(batch_size)
+            images = read_batches(data.x, order, pin=device.type == "cuda")
+        for start in starts:
             if control is not None:
                 control.check()
             rows = slice(start, min(len(data), start + batch_size))
-            x = data.x[rows].to(device, non_blocking=True).float()
+            x = data.x[rows] if images is None else next(images)
+            x = x.to(device, non_blocking=True).float()
             if transform is not None:
                 x = transform(x, torch.arange(rows.start, rows.stop))
             logits = model(x).float()
             yield rows, Outputs(logits, hook.take().float() if hook is not None else None)
     finally:
+        if images is not None:
+            images.close()
         if hook is not None:
             hook.remove()
         model.train(was_training)

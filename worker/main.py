@@ -135,6 +135,7 @@ class Worker:
             self._loop(max_jobs)
         finally:
             self.presence.stop()
+            self.wakeup.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _loop(self, max_jobs: int | None) -> None:

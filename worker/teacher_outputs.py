@@ -11,10 +11,13 @@ outputs, and every epoch replays one view per sample.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
 from app.core.datasets import InMemoryData
+from app.core.datasets.streamed import StreamedImages
 from worker.augment import crop_batch, crop_pad
 from worker.control import JobControl
 from worker.inference import Outputs, Transform, batches, collect
@@ -62,6 +65,43 @@ def compute_teacher_outputs(
     return TeacherOutputs(
         logits=torch.cat([p.logits for p in parts]),
         features=torch.cat(features) if features else None,
+    )
+
+
+def cache_key(
+    data: InMemoryData, views: ViewSchedule | None, layer: str | None, *, seed: int
+) -> str:
+    """What a saved cache must have been computed for: the samples (row i is sample i of
+    the stage's data: the dataset, its filters and their order), the views and the
+    hooked layer. The teacher is the job's own, fixed once its stage is done."""
+    digest = hashlib.sha256(data.description.encode())
+    if isinstance(data.x, StreamedImages):
+        digest.update(data.x.rows.tobytes())
+    if data.y is not None:
+        digest.update(data.y.cpu().numpy().tobytes())
+    samples = digest.hexdigest()[:16]
+    view_part = "none" if views is None else f"{views.views}x{views.kind}+{views.pad}"
+    return f"samples={samples};n={len(data)};views={view_part};seed={seed};layer={layer}"
+
+
+def outputs_tensors(outputs: TeacherOutputs) -> dict[str, torch.Tensor]:
+    """The cache as named tensors, for CheckpointStore.save_outputs."""
+    tensors = {"logits": outputs.logits}
+    if outputs.features is not None:
+        tensors["features"] = outputs.features
+    return tensors
+
+
+def saved_outputs(
+    tensors: dict[str, torch.Tensor] | None, device: torch.device
+) -> TeacherOutputs | None:
+    """A saved cache back on the training device."""
+    if tensors is None:
+        return None
+    features = tensors.get("features")
+    return TeacherOutputs(
+        logits=tensors["logits"].to(device),
+        features=None if features is None else features.to(device),
     )
 
 

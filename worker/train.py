@@ -1,7 +1,8 @@
 """One fit loop for every stage (teacher training, distillation, fine-tuning, baselines).
 
 `fit` reads top to bottom: build the optimiser and schedule, resume from the stage's
-checkpoint if there is one, then epochs of shuffled index batches over in-memory tensors.
+checkpoint if there is one, then epochs of shuffled index batches (over tensors in
+memory, or read ahead by DataLoader processes for a dataset by URL).
 What a stage optimises is its `Objective` (worker/objectives.py): a function of (model,
 inputs, labels, indices) that returns the loss and the logits. Every hyperparameter comes
 from the validated `StageSpec`; their units are documented there.
@@ -25,7 +26,7 @@ from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl, StopRequested
-from worker.data import epoch_batches, steps_per_epoch
+from worker.data import EpochReader, Images, epoch_batches, steps_per_epoch
 from worker.inference import batches
 from worker.schedule import resolve_stage, total_steps
 
@@ -217,107 +218,115 @@ def fit(
     step_seconds: float | None = None  # moving average, for an honest ETA
     eval_seconds = 0.0
     aug_gen = gen
-    for epoch in range(start_epoch, stage.epochs):
-        if on_epoch_start is not None:
-            on_epoch_start(epoch)
-        if rank is not None:
-            # Every rank draws the same shuffle from `gen`; augmentation and dropout differ
-            # per rank, seeded by (seed, epoch, rank) so a resumed epoch replays them.
-            aug_gen = torch.Generator().manual_seed(hash((seed, epoch, rank.rank)) % 2**62)
-            torch.manual_seed(hash((seed, epoch, rank.rank, 1)) % 2**62)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        batches = epoch_batches(len(train), stage.batch_size, gen=gen, shuffle=True)
-        for step, idx in enumerate(batches):
-            if epoch * n_steps + step >= all_steps:
-                break
-            if rank is None:
-                control.check()
-            elif rank.stop_requested():
-                raise StopRequested(f"{stage_name}: stopped at the worker's request")
-            t0 = time.perf_counter()
+    reader = EpochReader(data_x, pin=cuda)
+    try:
+        for epoch in range(start_epoch, stage.epochs):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             if rank is not None:
-                idx = rank.shard(idx)
-            x = data_x[idx.to(data_x.device)].to(device, non_blocking=True).float()
-            if stage.augment != "none":
-                x = random_augment(x, stage.augment, aug_gen)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = None
-            if data_y is not None:
-                y = data_y[idx.to(data_y.device)].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, logits = objective(step_model, x, y, idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if rank is not None and extra_modules is not None:
-                rank.average_gradients(list(extra_modules.parameters()))
-            optimizer.step()
-            schedule.step()
-            # Accumulate on the device: no host sync per step.
-            loss_sum += loss.detach() * len(idx)
-            if y is not None and not y.is_floating_point():
-                correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(idx)
-            dt = time.perf_counter() - t0
-            step_seconds = dt if step_seconds is None else 0.9 * step_seconds + 0.1 * dt
-            done_steps = epoch * n_steps + step + 1
-            remaining = all_steps - done_steps
-            eta = remaining * step_seconds + (stage.epochs - epoch) * eval_seconds
-            sink.progress(
-                Progress(
-                    stage=stage_name,
-                    epoch=epoch + 1,
-                    epochs=stage.epochs,
-                    step=done_steps,
-                    steps=all_steps,
-                    loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
-                    eta_seconds=eta,
+                # Every rank draws the same shuffle from `gen`; augmentation and dropout differ
+                # per rank, seeded by (seed, epoch, rank) so a resumed epoch replays them.
+                aug_gen = torch.Generator().manual_seed(hash((seed, epoch, rank.rank)) % 2**62)
+                torch.manual_seed(hash((seed, epoch, rank.rank, 1)) % 2**62)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            # The stage may end inside this epoch (`steps`).
+            batches = epoch_batches(len(train), stage.batch_size, gen=gen, shuffle=True)
+            batches = batches[: max(0, all_steps - epoch * n_steps)]
+            # Each rank trains on its share of every global batch.
+            shards = batches if rank is None else [rank.shard(idx) for idx in batches]
+            images = reader.epoch(shards)
+            # Step time includes waiting for the batch (a streamed set's reads), for the ETA.
+            last = time.perf_counter()
+            for step, (idx, x_batch) in enumerate(zip(shards, images, strict=True)):
+                if rank is None:
+                    control.check()
+                elif rank.stop_requested():
+                    raise StopRequested(f"{stage_name}: stopped at the worker's request")
+                x = x_batch.to(device, non_blocking=True).float()
+                if stage.augment != "none":
+                    x = random_augment(x, stage.augment, aug_gen)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = None
+                if data_y is not None:
+                    y = data_y[idx.to(data_y.device)].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, logits = objective(step_model, x, y, idx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if rank is not None and extra_modules is not None:
+                    rank.average_gradients(list(extra_modules.parameters()))
+                optimizer.step()
+                schedule.step()
+                # Accumulate on the device: no host sync per step.
+                loss_sum += loss.detach() * len(idx)
+                if y is not None and not y.is_floating_point():
+                    correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(idx)
+                now = time.perf_counter()
+                dt, last = now - last, now
+                step_seconds = dt if step_seconds is None else 0.9 * step_seconds + 0.1 * dt
+                done_steps = epoch * n_steps + step + 1
+                remaining = all_steps - done_steps
+                eta = remaining * step_seconds + (stage.epochs - epoch) * eval_seconds
+                sink.progress(
+                    Progress(
+                        stage=stage_name,
+                        epoch=epoch + 1,
+                        epochs=stage.epochs,
+                        step=done_steps,
+                        steps=all_steps,
+                        loss=lambda s=loss_sum, n=seen: float(s) / max(1, n),
+                        eta_seconds=eta,
+                    )
                 )
+            # The epoch's figures (over every rank's samples when there are several).
+            loss_total, correct_total, seen_total = (
+                (float(loss_sum), float(correct), float(seen))
+                if rank is None
+                else rank.sum(loss_sum, correct, torch.tensor(float(seen)))
             )
-        # The epoch's figures (over every rank's samples when there are several).
-        loss_total, correct_total, seen_total = (
-            (float(loss_sum), float(correct), float(seen))
-            if rank is None
-            else rank.sum(loss_sum, correct, torch.tensor(float(seen)))
-        )
-        values = {
-            "train_loss": loss_total / max(1, seen_total),
-            "lr": schedule.get_last_lr()[0],
-        }
-        if not math.isfinite(values["train_loss"]):
-            # NaN weights would otherwise "succeed" and be served; say what to change.
-            raise TrainingDivergedError(
-                f"{stage_name}: the training loss became {values['train_loss']} in epoch "
-                f"{epoch + 1}; lower the learning rate ({stage.optimizer.lr}) or add warm-up"
-            )
-        if train.y is not None and not train.y.is_floating_point():
-            values["train_accuracy"] = correct_total / max(1, seen_total)
-        last = epoch + 1 == stage.epochs
-        due = stage.eval_every > 0 and (epoch + 1) % stage.eval_every == 0
-        if eval_fn is not None and (last or due):
-            t_eval = time.perf_counter()
-            values.update({f"val_{k}": v for k, v in eval_fn(model).items()})
-            model.train()
-            # Spread over the epochs between evaluations, for the ETA.
-            eval_seconds = (time.perf_counter() - t_eval) / max(1, stage.eval_every)
-        result.history.append({"epoch": epoch + 1, **values})
-        sink.metric(stage=stage_name, epoch=epoch + 1, values=values)
-        if checkpoints is not None and (rank is None or rank.writes):
-            state = {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": result.history,
+            values = {
+                "train_loss": loss_total / max(1, seen_total),
+                "lr": schedule.get_last_lr()[0],
             }
-            if extra_modules is not None:
-                state["extra"] = extra_modules.state_dict()
-            checkpoints.save_fit(stage_name, state)
-        result.epochs_run += 1
+            if not math.isfinite(values["train_loss"]):
+                # NaN weights would otherwise "succeed" and be served; say what to change.
+                raise TrainingDivergedError(
+                    f"{stage_name}: the training loss became {values['train_loss']} in epoch "
+                    f"{epoch + 1}; lower the learning rate ({stage.optimizer.lr}) or add warm-up"
+                )
+            if train.y is not None and not train.y.is_floating_point():
+                values["train_accuracy"] = correct_total / max(1, seen_total)
+            last = epoch + 1 == stage.epochs
+            due = stage.eval_every > 0 and (epoch + 1) % stage.eval_every == 0
+            if eval_fn is not None and (last or due):
+                t_eval = time.perf_counter()
+                values.update({f"val_{k}": v for k, v in eval_fn(model).items()})
+                model.train()
+                # Spread over the epochs between evaluations, for the ETA.
+                eval_seconds = (time.perf_counter() - t_eval) / max(1, stage.eval_every)
+            result.history.append({"epoch": epoch + 1, **values})
+            sink.metric(stage=stage_name, epoch=epoch + 1, values=values)
+            if checkpoints is not None and (rank is None or rank.writes):
+                state = {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": result.history,
+                }
+                if extra_modules is not None:
+                    state["extra"] = extra_modules.state_dict()
+                checkpoints.save_fit(stage_name, state)
+            result.epochs_run += 1
+    finally:
+        # A stop or an error: a streamed set's reader processes end now.
+        reader.close()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -326,12 +335,11 @@ def fit(
 GPU_RESIDENT_SHARE = 0.4
 
 
-def resident_data(
-    data: InMemoryData, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def resident_data(data: InMemoryData, device: torch.device) -> tuple[Images, torch.Tensor | None]:
     """The tensors batches are indexed from: on the GPU when the set fits there (no copy
     per step), else pinned host memory for asynchronous copies; as they are on a CPU."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not isinstance(data.x, torch.Tensor):
+        # On a CPU, or streamed: batches come from where the data is (read_batches).
         return data.x, data.y
     free, _total = torch.cuda.mem_get_info(device)
     if data.x.numel() * data.x.element_size() <= GPU_RESIDENT_SHARE * free:

@@ -42,6 +42,8 @@ def libpq_url(database_url: str) -> str | None:
 class Wakeup:
     def __init__(self, settings: Settings, stopping: threading.Event) -> None:
         self.stopping = stopping
+        # Set by close(): the worker's loop is over (stopping is only set by a signal).
+        self.closed = threading.Event()
         self.event = threading.Event()
         # Whether the listener is connected and listening now (for logs and tests).
         self.listening = threading.Event()
@@ -65,22 +67,29 @@ class Wakeup:
     def wake(self) -> None:
         self.event.set()
 
+    def close(self) -> None:
+        """Stop listening (within LISTEN_SLICE_SECONDS): the worker runs no more jobs."""
+        self.closed.set()
+
+    def _over(self) -> bool:
+        return self.stopping.is_set() or self.closed.is_set()
+
     def _listen(self, url: str) -> None:
-        while not self.stopping.is_set():
+        while not self._over():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     self.listening.set()
                     # A job queued while this was not listening: look now.
                     self.event.set()
-                    while not self.stopping.is_set():
+                    while not self._over():
                         for _ in conn.notifies(timeout=LISTEN_SLICE_SECONDS):
                             self.event.set()
-                            if self.stopping.is_set():
+                            if self._over():
                                 break
             except Exception as exc:
                 self.listening.clear()
-                if self.stopping.is_set():
+                if self._over():
                     return
                 log.warning(
                     "listening for new jobs failed (%s); polling only, reconnecting in %.0fs",

@@ -35,6 +35,8 @@ from app.api.body_limit import (
     check_declared,
     limited_stream,
     prediction_limit,
+    read_body,
+    spec_limit,
     upload_limit,
 )
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, WriteSessionDep
@@ -229,6 +231,27 @@ async def receive_upload(request: Request, *, dest_dir: Path) -> AsyncIterator[R
             path.unlink()
 
 
+def is_json(request: Request) -> bool:
+    """Whether the body is JSON (a route that takes an upload or a JSON body)."""
+    content_type, _ = parse_options_header(request.headers.get("content-type"))
+    return content_type == b"application/json"
+
+
+async def json_form(request: Request, model: type[FormT]) -> FormT:
+    """A small JSON body (at most STILLHOUSE_MAX_SPEC_BYTES) as `model`; 400 for one that
+    is not JSON, 422 naming each bad or unknown field."""
+    body = await read_body(request, spec_limit())
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = list(exc.errors())
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise ProblemError(
+                400, f"the body is not valid JSON ({errors[0]['msg']})", type_="bad-request"
+            ) from None
+        raise InvalidError(validation_errors(errors)) from None
+
+
 def parse_form(model: type[FormT], fields: dict[str, str]) -> FormT:
     """The form fields as `model`; 422 naming each bad or unknown field."""
     # Some clients send every optional field, empty when unset.
@@ -250,6 +273,13 @@ class UploadRoute:
     owner: str
     session: Session
     settings: Settings
+
+    async def record(self, record: Callable[[], T]) -> T:
+        """Run `record()` (a service that stores a row without an upload) in a thread,
+        and point `Location` at the new row."""
+        row = await run_in_threadpool(record)
+        self.response.headers["Location"] = f"{self.request.url.path}/{row.id}"  # type: ignore[attr-defined]
+        return row
 
     async def store(self, folder: str, store: Callable[[ReceivedUpload], T]) -> T:
         """Receive the upload into the artifact dir's `folder`, run `store(upload)` (the

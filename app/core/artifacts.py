@@ -76,27 +76,10 @@ class ArtifactStore:
             import fsspec
         except ImportError as exc:  # pragma: no cover - fsspec comes with the base install
             raise ArtifactStoreError("STILLHOUSE_ARTIFACT_URL needs fsspec") from exc
-        options: dict[str, Any] = {}
-        if self.url.startswith("s3://"):
-            try:
-                import s3fs  # noqa: F401
-            except ImportError as exc:
-                raise ArtifactStoreError(
-                    f"STILLHOUSE_ARTIFACT_URL={self.url} needs s3fs: pip install 'stillhouse[s3]'"
-                ) from exc
-            # Another machine changes the store at any time: no cached listings. A store
-            # that does not answer fails the request in seconds, not minutes of retries.
-            options = {
-                "use_listings_cache": False,
-                "skip_instance_cache": True,
-                "config_kwargs": {
-                    "connect_timeout": 5,
-                    "read_timeout": 60,
-                    "retries": {"max_attempts": 3, "mode": "standard"},
-                },
-            }
-            if self.endpoint_url:
-                options["client_kwargs"] = {"endpoint_url": self.endpoint_url}
+        try:
+            options = fsspec_options(self.url, self.endpoint_url)
+        except ImportError as exc:
+            raise ArtifactStoreError(f"STILLHOUSE_ARTIFACT_URL={self.url}: {exc}") from exc
         fs, _ = fsspec.core.url_to_fs(self.url, **options)
         return fs
 
@@ -184,6 +167,31 @@ class ArtifactStore:
 
 
 @lru_cache(maxsize=8)
+def fsspec_options(url: str, endpoint_url: str | None) -> dict[str, Any]:
+    """How this service opens `url` with fsspec (the artifact store, datasets by URL);
+    ImportError says which extra an s3:// URL needs."""
+    if not url.startswith("s3://"):
+        return {}
+    try:
+        import s3fs  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"{url} needs s3fs: pip install 'stillhouse[s3]'") from exc
+    # Another machine changes the store at any time: no cached listings. A store that
+    # does not answer fails the request in seconds, not minutes of retries.
+    options: dict[str, Any] = {
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+        "config_kwargs": {
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        },
+    }
+    if endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": endpoint_url}
+    return options
+
+
 def _store(root: str, url: str | None, endpoint_url: str | None) -> ArtifactStore:
     return ArtifactStore(Path(root), url, endpoint_url)
 

@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+# A single source image, at most (pixels): uploads, datasets by URL.
+MAX_SOURCE_PIXELS = 4096 * 4096
+# The EXIF tag that says how a photo was held.
+EXIF_ORIENTATION = 0x0112
 # Images resized per call at most; bounds the float copy of large sets.
 RESIZE_CHUNK = 4096
 # Modes of 16-bit grey images (PNG); their 0-65535 range is mapped onto 0-255.
@@ -59,7 +63,18 @@ def image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     dropped, 16-bit grey is mapped onto 0-255; grey to RGB repeats the channel, RGB to
     grey is Pillow's luma ("L"). Raises ValueError for pixels that are not PNG/JPEG-like.
     """
-    image = ImageOps.exif_transpose(image) or image
+    return _pixels(upright(image), channels)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image with its EXIF orientation applied; itself when there is none to apply
+    (exif_transpose copies every image, which costs a third of decoding a small PNG)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image) or image
+
+
+def _pixels(image: Image.Image, channels: int) -> np.ndarray:
     if image.mode in WIDE_GREY_MODES:
         grey = np.asarray(image, dtype=np.float32) / np.float32(257.0)
         return np.repeat(grey[None], 3, axis=0) if channels == 3 else grey[None]
@@ -68,3 +83,19 @@ def image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     converted = image.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(converted, dtype=np.float32)
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def stored_pixels(image: Image.Image, channels: int, side: int) -> np.ndarray:
+    """One image as uint8 [C, side, side], as a dataset holds it (an uploaded image
+    folder, or one read by URL while training): decoded and resized exactly as
+    `/predict` decodes and resizes a PNG or JPEG, then rounded."""
+    image = upright(image)
+    if image.mode == ("L" if channels == 1 else "RGB") and image.size == (side, side):
+        # Already what is stored: the same values as the float path gives, without it
+        # (the common case of a training set's files, decoded every epoch when streamed).
+        arr = np.asarray(image, dtype=np.uint8)
+        return arr[None].copy() if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = _pixels(image, channels)
+    if pixels.shape[-2:] != (side, side):
+        pixels = resize_images(pixels[None], side)[0]
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

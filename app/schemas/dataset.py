@@ -28,6 +28,33 @@ class DatasetForm(BaseModel):
     )
 
 
+class DatasetByURL(BaseModel):
+    """The JSON body of POST /api/v1/datasets: a dataset by reference, not uploaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: PrintableText | None = Field(
+        None, max_length=200, description="Defaults to the URL's last part."
+    )
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="file:///path or s3://bucket/prefix: an image folder (a subfolder per "
+        "class) or WebDataset tar shards (a .tar, or a folder of them). It must lie under "
+        "one of STILLHOUSE_DATASET_URL_ROOTS.",
+    )
+    format: Literal["image_folder", "webdataset"] = Field(
+        "image_folder", description="How the images are laid out (docs/datasets.md)."
+    )
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="Read every image at this many pixels a side (stretching). Without it "
+        "the sampled images must share one square size, which all images are read at.",
+    )
+
+
 class DatasetOut(BaseModel):
     """An uploaded dataset, validated on arrival."""
 
@@ -36,7 +63,13 @@ class DatasetOut(BaseModel):
         "it takes a dataset."
     )
     name: str | None = Field(description=UPLOAD_NAME)
-    format: Literal["npz", "image_folder"] = Field(description="What was uploaded.")
+    format: Literal["npz", "image_folder", "webdataset"] = Field(
+        description="What was uploaded, or how a dataset by URL is laid out."
+    )
+    url: str | None = Field(
+        None,
+        description="Where a dataset by reference is read from while training; null for an upload.",
+    )
     num_samples: int = Field(
         description="Samples stored, both splits together (`meta.split_sizes` has each)."
     )
@@ -57,7 +90,9 @@ class DatasetOut(BaseModel):
         description="class_counts, split_sizes (the fixed train/test holdout), and per-channel "
         "mean/std on the 0-1 scale computed from the train split."
     )
-    size_bytes: int = Field(description="Size of the stored, validated file.")
+    size_bytes: int = Field(
+        description="Size of the stored, validated file (of the index, for a dataset by URL)."
+    )
     created_at: datetime = Field(description="When it was uploaded, RFC 3339 in UTC.")
 
 

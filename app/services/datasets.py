@@ -110,6 +110,7 @@ def dataset_out(row: Dataset) -> DatasetOut:
         id=row.id,
         name=row.name,
         format=row.format,  # type: ignore[arg-type]
+        url=(row.meta or {}).get("url"),
         num_samples=row.num_samples,
         task=(row.meta or {}).get("task", "classification"),
         targets=(row.meta or {}).get("targets"),

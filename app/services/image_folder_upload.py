@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.core.images import image_pixels, is_grey, resize_images
+from app.core.images import MAX_SOURCE_PIXELS, is_grey, stored_pixels
 from app.schemas.names import has_control_chars
 from app.services.upload_rules import (
     FORMAT_IMAGE_FOLDER,
@@ -25,7 +25,6 @@ from app.services.upload_rules import (
     IMAGE_SUFFIXES,
     MAX_CLASS_NAME_CHARS,
     MAX_CLASSES,
-    MAX_SOURCE_PIXELS,
     READ_ERRORS,
     ValidatedData,
     check_stored_side,
@@ -119,7 +118,7 @@ def read_image_folder(
             data = zf.read(entry.info)
             with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
                 img.load()
-                x[i] = _pixels(img, grey=grey, side=side)
+                x[i] = stored_pixels(img, 1 if grey else 3, side)
         except UnidentifiedImageError:
             reject(f"{entry.path}: not a PNG or JPEG image")
         except READ_ERRORS as exc:
@@ -144,12 +143,3 @@ def _common_side(entries: list[_ImageEntry]) -> int:
             )
     w, h = first.size
     return check_stored_side(first.path, w, h, "width x height")
-
-
-def _pixels(img: Image.Image, *, grey: bool, side: int) -> np.ndarray:
-    """One image as uint8 [C, side, side]: decoded and resized exactly as `/predict`
-    decodes and resizes a PNG or JPEG (app.core.images), then rounded for storage."""
-    pixels = image_pixels(img, 1 if grey else 3)
-    if pixels.shape[-2:] != (side, side):
-        pixels = resize_images(pixels[None], side)[0]
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 
 from app.core.datasets import target_names
-from app.core.images import resize_images
+from app.core.images import MAX_SOURCE_PIXELS, resize_images
 from app.schemas.names import has_control_chars
 from app.services.upload_rules import (
     FORMAT_NPZ,
     MAX_CLASS_NAME_CHARS,
     MAX_CLASSES,
-    MAX_SOURCE_PIXELS,
     MAX_TARGETS,
     MIN_SIDE,
     NPZ_KEYS,

@@ -104,6 +104,7 @@ class SpecChecker:
                 scale=255.0 if row.dtype == "uint8" else 1.0,
                 num_samples=row.num_samples,
                 task="regression" if regression else "classification",
+                streamed=(row.meta or {}).get("url") is not None,
             )
         try:
             info: DatasetInfo = dataset_info(ref, uploaded)

@@ -26,8 +26,6 @@ FORMAT_IMAGE_FOLDER = "image_folder"
 # 8x8 upwards, and the worker, the model's input shape and serving all use one side length.
 MIN_SIDE = 8
 MAX_SIDE = 512
-# With `image_size`, sources are resized; this bounds a single source image (pixels).
-MAX_SOURCE_PIXELS = 4096 * 4096
 # Entries in an uploaded zip, checked before the zip's directory is parsed (zipfile holds
 # one object per entry in memory).
 MAX_ZIP_ENTRIES = 200_000
@@ -83,18 +81,22 @@ class ValidatedData:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def check_stored_side(where: str, first: int, second: int, order: str) -> int:
+def check_stored_side(
+    where: str, first: int, second: int, order: str, field: str = FILE_FIELD
+) -> int:
     """The side of images stored as they came (no `image_size`): they must be square and
     MIN_SIDE to MAX_SIDE pixels a side. `first` x `second` as the source names its sizes
-    (`order`: "H x W" for arrays, "width x height" for image files)."""
+    (`order`: "H x W" for arrays, "width x height" for image files); a 422 names `field`."""
     if first != second:
         reject(
             f"{where}: images are {first}x{second} ({order}); they must be square, or send "
-            f"image_size to resize them"
+            f"image_size to resize them",
+            field,
         )
     if not MIN_SIDE <= first <= MAX_SIDE:
         reject(
             f"{where}: images are {first}x{second}; sides from {MIN_SIDE} to {MAX_SIDE} pixels "
-            f"are accepted (send image_size to resize them)"
+            f"are accepted (send image_size to resize them)",
+            field,
         )
     return first

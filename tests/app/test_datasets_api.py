@@ -409,7 +409,11 @@ def test_bad_form_and_body(client, alice):
     assert r.status_code == 415, r.text
     r = client.post(URL, files={"file": ("a.npz", b"")}, headers=alice)
     assert_problem(r, 422, "empty")
+    # A JSON body is a dataset by URL (tests/app/test_dataset_urls.py), checked as such.
     r = client.post(URL, json={"x": [1, 2]}, headers=alice)
+    assert r.status_code == 422
+    assert {e["field"] for e in r.json()["errors"]} == {"x", "url"}
+    r = client.post(URL, content=b"x", headers={**alice, "Content-Type": "text/plain"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = client.post(URL, files={"file": ("a.npz", content)})
     assert r.status_code == 401

@@ -16,7 +16,7 @@ from app.core import job_states
 from app.db import get_write_engine, get_write_sessionmaker, reset_engines
 from app.models import Job, JobState, TrainedModel
 from app.models.base import new_id, utcnow
-from tests.helpers import events, free_port, long_train_spec, wait_for
+from tests.helpers import events, free_port, long_train_spec, tiny_pipeline_spec, wait_for
 from worker.main import Worker
 
 
@@ -261,6 +261,30 @@ def test_shutdown_requeues_and_the_next_run_resumes(client, alice, settings, run
     # The second run goes on after the checkpointed epoch instead of starting again at 1.
     assert metric_epochs(resumed) == list(range(saved_epoch + 1, epochs + 1))
     assert not checkpoint.exists(), "the stage's fit checkpoint is dropped once it is done"
+
+
+def test_a_resumed_distill_stage_reuses_the_teachers_kept_outputs(client, alice, settings, running):
+    """The teacher's cached outputs are kept beside the job's checkpoints: a distill
+    stage resumed after a shutdown reads them instead of running the teacher again."""
+    job_id = submit(client, alice, tiny_pipeline_spec(distill_epochs=40))
+    folder = settings.artifact_dir / "jobs" / job_id / "checkpoints"
+    first = running(max_jobs=None)
+    kept = wait_for(
+        "the teacher's kept outputs and a distill checkpoint",
+        lambda: list(folder.glob("*.fit.pt")) and list(folder.glob("*.teacher.safetensors")),
+        timeout=60,
+    )
+    first.shutdown()
+    first.join(timeout=10)
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json()["state"] == "QUEUED"
+    before = events(job_id)
+
+    Worker(get_settings(), device="cpu").run(max_jobs=1)
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json()["state"] == "SUCCEEDED"
+    logs = [d["message"] for i, t, d in events(job_id) if t == "log" and i > before[-1][0]]
+    assert any("were kept: reused" in m for m in logs), logs
+    assert not any(m.startswith("caching the teacher's outputs") for m in logs), logs
+    assert not kept[0].exists(), "dropped once the stage is done"
 
 
 def test_shutdown_while_idle_stops_the_loop(env, running):

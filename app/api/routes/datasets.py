@@ -6,10 +6,18 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import OwnerDep, PageSize, PageToken, SessionDep, SettingsDep, WriteSessionDep
 from app.api.responses import example, problems
-from app.api.uploads import NAME_FIELD, UploadDep, parse_form, upload_errors, upload_openapi
-from app.schemas.dataset import DatasetForm, DatasetList, DatasetOut
+from app.api.uploads import (
+    NAME_FIELD,
+    UploadDep,
+    is_json,
+    json_form,
+    parse_form,
+    upload_errors,
+    upload_openapi,
+)
+from app.schemas.dataset import DatasetByURL, DatasetForm, DatasetList, DatasetOut
+from app.services import dataset_urls, examples
 from app.services import datasets as datasets_service
-from app.services import examples
 from app.services.paging import DEFAULT_PAGE_SIZE
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
@@ -32,6 +40,10 @@ UPLOAD_BODY = upload_openapi(
         },
     },
 )
+# The other body the route takes: a dataset by reference (docs/datasets.md).
+UPLOAD_BODY["requestBody"]["content"]["application/json"] = {
+    "schema": DatasetByURL.model_json_schema()
+}
 
 
 @router.post(
@@ -40,7 +52,7 @@ UPLOAD_BODY = upload_openapi(
     response_model=DatasetOut,
     responses={**UPLOAD_ERRORS, **example(201, examples.DATASET)},
     openapi_extra=UPLOAD_BODY,
-    summary="Upload a dataset (.npz or zip of class folders)",
+    summary="Upload a dataset (.npz or zip of class folders), or register one by URL",
     description="Uploads a dataset as the multipart `file` part: an .npz (`x` images; "
     "optional `y`, integer labels or float regression targets; optional `class_names`) or a "
     "zip of class folders of PNG/JPEG images, told apart by their contents. The file is "
@@ -49,9 +61,28 @@ UPLOAD_BODY = upload_openapi(
     "`Location` header. A file that fails a check answers 422 naming the array, key or path "
     "inside the zip at fault, and nothing is stored; 413 over STILLHOUSE_MAX_UPLOAD_BYTES "
     "(or decoding to more than 4 times that); 415 for a body that is not "
-    "multipart/form-data; 400 for a malformed one.",
+    "multipart/form-data; 400 for a malformed one.\n\n"
+    "A JSON body instead registers a dataset by reference, not uploaded: "
+    '`{"url": "file:///data/pets" or "s3://bucket/prefix", "format": "image_folder" or '
+    '"webdataset", "name", "image_size"}`. The URL must lie under one of '
+    "STILLHOUSE_DATASET_URL_ROOTS. Its listing is read (classes, counts; a few hundred "
+    "images for the channels, size and statistics) without loading it, and training "
+    "streams the images from the URL. Answers 201 like an upload, with `url` set; 422 "
+    "naming `url` when it cannot be read.",
 )
 async def create_dataset(up: UploadDep) -> DatasetOut:
+    if is_json(up.request):
+        body = await json_form(up.request, DatasetByURL)
+        row = await up.record(
+            lambda: dataset_urls.register_dataset(
+                up.session,
+                owner=up.owner,
+                body=body,
+                artifact_dir=up.settings.artifact_dir,
+                roots=up.settings.dataset_roots(),
+            )
+        )
+        return datasets_service.dataset_out(row)
     row = await up.store(
         "datasets",
         lambda upload: datasets_service.create_dataset(

@@ -15,13 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from app.core.registry import Registry
 from app.schemas.job_spec import DatasetRef
+
+if TYPE_CHECKING:
+    from app.core.datasets.streamed import StreamedImages
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -43,6 +46,8 @@ class DatasetInfo:
     # "classification" (integer labels), or "regression" (float targets; class_names are
     # then the targets' names, target_0..target_{K-1}).
     task: str = "classification"
+    # Read while training (a dataset by URL), never held whole in memory.
+    streamed: bool = False
 
     def samples(self, ref: DatasetRef) -> int | None:
         """How many samples `ref` loads at most (its split, its class and count filters)."""
@@ -58,17 +63,25 @@ class DatasetInfo:
     def memory_bytes(self, ref: DatasetRef) -> int | None:
         """Bytes the loaded tensors take in the worker (uint8, or float32 for 0-1 data)."""
         n = self.samples(ref)
-        if n is None:
+        if n is None or self.streamed:
             return None
         side = ref.image_size or self.image_size
         return n * self.channels * side * side * (1 if self.scale == 255.0 else 4)
 
 
+# Samples the channel statistics of a streamed set are taken from.
+STREAMED_STATS_SAMPLES = 2048
+
+
 @dataclass
 class InMemoryData:
-    """A whole split as tensors: x [N, C, H, W] (uint8 0-255 or float32 0-1), y [N] or None."""
+    """A whole split: x [N, C, H, W] (uint8 0-255 or float32 0-1), y [N] or None.
 
-    x: torch.Tensor
+    `x` is a tensor, or for a dataset by URL a `StreamedImages` that reads images when
+    indexed (`streamed`); the labels are always in memory.
+    """
+
+    x: torch.Tensor | StreamedImages
     y: torch.Tensor | None
     class_names: list[str]
     scale: float
@@ -98,8 +111,12 @@ class InMemoryData:
     def image_size(self) -> int:
         return int(self.x.shape[-1])
 
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.x, torch.Tensor)
+
     def head(self, n: int) -> InMemoryData:
-        """The first `n` samples, unlabelled (probes of a network's shapes)."""
+        """The first `n` samples, unlabelled (probes of a network's shapes), in memory."""
         return InMemoryData(self.x[:n], None, self.class_names, self.scale, self.description)
 
     def unlabelled(self) -> InMemoryData:
@@ -110,6 +127,8 @@ class InMemoryData:
         """Per-channel mean and std on the 0-1 scale, for the model's normalisation."""
         from app.core.datasets.stored import channel_stats
 
+        if not isinstance(self.x, torch.Tensor):
+            return self.x.channel_stats(STREAMED_STATS_SAMPLES)
         return channel_stats(self.x.cpu().numpy())
 
 
@@ -194,6 +213,7 @@ class UploadedInfo:
     scale: float
     num_samples: int | None = None
     task: str = "classification"
+    streamed: bool = False
 
 
 def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> DatasetInfo:
@@ -211,6 +231,7 @@ def dataset_info(ref: DatasetRef, uploaded: UploadedInfo | None = None) -> Datas
             # The holdout split is about a fifth: bound both splits by the whole set.
             split_sizes=None if n is None else {"train": n, "test": n},
             task=uploaded.task,
+            streamed=uploaded.streamed,
         )
     return DATASETS.get(ref.name or "").info(ref)
 

@@ -55,7 +55,12 @@ def write_dataset(
 
 
 def read_dataset(path: Path, split: str = "all") -> InMemoryData:
-    """A stored upload as tensors; `split` "train" or "test" applies the fixed holdout."""
+    """A stored upload as tensors (a dataset by URL: streamed, app.core.datasets.streamed);
+    `split` "train" or "test" applies the fixed holdout."""
+    from app.core.datasets.streamed import is_index, read_index
+
+    if is_index(path):
+        return read_index(path, split)
     with np.load(path, allow_pickle=False) as npz:
         x_np = npz["x"]
         y_np = npz["y"] if "y" in npz.files else None
