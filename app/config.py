@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op threads for torch in the worker; 0 means one per core of this machine.
     threads: int = 0
+    # A Ray cluster (`ray://head:10001`, or `head:6379` on one of its machines) that runs
+    # the data-parallel stages this worker cannot run by itself (worker/ray_train.py;
+    # pip install 'stillhouse[ray]'). Unset: every stage trains on this machine.
+    ray_address: str | None = None
+    # Data-parallel processes this worker runs on its own machine at most before it hands
+    # a stage to the Ray cluster; 0 means one per GPU on a GPU worker, one per core on a
+    # CPU worker. Without ray_address, no limit: every stage trains here.
+    local_processes: int = Field(0, ge=0)
     # Where torchvision datasets (`torchvision:<Name>`) are read from.
     data_root: Path = Path("./data")
     # Where pretrained torchvision weights are looked up (the torch hub cache, TORCH_HOME).
@@ -112,6 +120,13 @@ class Settings(BaseSettings):
         compressed arrays that expand without bound, and against specs (10M synthetic
         images at 224 pixels) that would take a worker down."""
         return DATASET_EXPANSION * self.max_upload_bytes
+
+    @model_validator(mode="after")
+    def _empty_means_unset(self) -> Settings:
+        # Compose passes `${STILLHOUSE_RAY_ADDRESS:-}` as an empty string.
+        if not self.ray_address:
+            self.ray_address = None
+        return self
 
     @model_validator(mode="after")
     def _artifact_url(self) -> Settings:

@@ -48,11 +48,12 @@ RUN pip install --upgrade pip \
 
 WORKDIR /srv/stillhouse
 
-# The remaining dependencies and the s3 extra, from pyproject.toml alone (rebuilt only
-# when it changes).
+# The remaining dependencies and the s3 and ray extras, from pyproject.toml alone (rebuilt
+# only when it changes). With Ray in it, this image is also the image of a Ray cluster's
+# nodes for STILLHOUSE_RAY_ADDRESS (docs/deploy.md, "Ray").
 # torch and torchvision are already installed within pyproject's ranges and stay as they are.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3'] + p['optional-dependencies']['ray']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -42,7 +42,8 @@ class CheckpointStore:
 
     def load_fit(self, stage: str) -> dict[str, Any] | None:
         path = self._fit_path(stage)
-        if not path.exists():
+        # A rank on another machine (a Ray cluster) has only the store's copy.
+        if not path.exists() and not self.artifacts.pull(path):
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
 

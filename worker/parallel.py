@@ -66,7 +66,7 @@ class _PortablePickler(pickle.Pickler):
         return NotImplemented
 
 
-def _dumps(task: FitTask) -> bytes:
+def dumps_task(task: FitTask) -> bytes:
     buf = io.BytesIO()
     _PortablePickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(task)
     return buf.getvalue()
@@ -97,7 +97,7 @@ def fit_in_processes(
     try:
         # In shared memory: each rank maps it instead of reading it through its start-up
         # pipe, where a large pickle holds up the start of the next rank.
-        blob = torch.frombuffer(bytearray(_dumps(task)), dtype=torch.uint8).share_memory_()
+        blob = torch.frombuffer(bytearray(dumps_task(task)), dtype=torch.uint8).share_memory_()
     finally:
         for hook in task.hooks:
             hook.attach()
@@ -127,10 +127,10 @@ def fit_in_processes(
         join=False,
         start_method="spawn",
     )
-    relay = _Relay(task, sink)
+    relay = Relay(task, sink)
     try:
         while True:
-            if _interrupted(control):
+            if interrupted(control):
                 stop.set()
             try:
                 # Ranks ignore SIGTERM (worker/rank.py): after a failure the rest are
@@ -153,11 +153,11 @@ def fit_in_processes(
     return relay.result()
 
 
-def _interrupted(control: JobControl) -> bool:
+def interrupted(control: JobControl) -> bool:
     return any(e.is_set() for e in (control.cancelled, control.shutdown, control.lease_lost))
 
 
-class _Relay:
+class Relay:
     """The worker's side of rank 0's messages: progress and metrics into the job's
     events, then the result (or the error)."""
 

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, delete, insert, update
 from app.config import Settings
 from app.models import WorkerRecord
 from app.models.base import utcnow
+from worker.ray_train import cluster_gpus
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class Presence:
         self.settings = settings
         self.worker_id = worker_id
         self.figures = capabilities(device, settings.labels())
+        if settings.ray_address and device.type == "cuda":
+            # Its GPU jobs may train on the cluster's GPUs (worker/ray_train.py): it may
+            # claim jobs that ask for as many.
+            self.figures["gpus"] = max(self.figures["gpus"], cluster_gpus(settings.ray_address))
         self.job_id: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

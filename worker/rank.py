@@ -202,21 +202,31 @@ def rank_main(rank: int, launch: Launch, messages: Any, stop: Any) -> None:
     )
     me = Rank(rank, launch.world, device, stop)
     try:
-        task: FitTask = pickle.loads(launch.blob.numpy().tobytes())
+        run_rank(launch.blob.numpy().tobytes(), me, messages)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_rank(blob: bytes, me: Rank, messages: Any) -> None:
+    """One rank's stage, in a group already joined (by `rank_main`, or by Ray Train for
+    worker/ray_train.py): unpickle the task, fit, and (rank 0) put the result, or the
+    error, on `messages`."""
+    try:
+        task: FitTask = pickle.loads(blob)
         for hook in task.hooks:
             hook.attach()
         move = getattr(task.objective, "to", None)
         if move is not None:
-            move(device)
-        task.model.to(device)
+            move(me.device)
+        task.model.to(me.device)
         if task.extra_modules is not None:
-            task.extra_modules.to(device)
+            task.extra_modules.to(me.device)
         args = task.fit_args()
         if not me.writes:
             args["eval_fn"] = None  # rank 0 alone evaluates
         result = fit(
             **args,
-            device=device,
+            device=me.device,
             control=JobControl(),  # unused: `me` carries the stop
             sink=_QueueSink(messages) if me.writes else NullSink(),
             rank=me,
@@ -231,13 +241,11 @@ def rank_main(rank: int, launch: Launch, messages: Any, stop: Any) -> None:
             }
             messages.put(("done", body))
     except StopRequested:
-        log.info("rank %d: stopped at the worker's request", rank)
+        log.info("rank %d: stopped at the worker's request", me.rank)
     except Exception as exc:
         if me.writes:
             messages.put(("error", _describe(exc)))
         raise
-    finally:
-        dist.destroy_process_group()
 
 
 def _describe(exc: Exception) -> tuple[str, str, str]:

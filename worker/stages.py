@@ -21,10 +21,11 @@ from worker.context import JobContext, JobFailedError
 from worker.objectives import FinetuneObjective, supervised
 from worker.parallel import fit_in_processes
 from worker.rank import FitTask
+from worker.ray_train import fit_on_ray, wants_ray
 from worker.schedule import describe, resolve_stage
 from worker.sources import ModelSource
 from worker.teacher_outputs import compute_teacher_outputs
-from worker.train import EvalFn, Objective, evaluate, fit
+from worker.train import EvalFn, FitResult, Objective, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,28 @@ def run_fit_stage(
     )
     if ctx.processes == 1:
         result = fit(**task.fit_args(), device=ctx.device, control=ctx.control, sink=ctx.reporter)
-    else:
-        result = fit_in_processes(
-            task,
-            processes=ctx.processes,
-            device=ctx.device,
-            control=ctx.control,
-            sink=ctx.reporter,
-            threads=ctx.settings.torch_threads(),
+        return _done(ctx, stage, net, result)
+    ranks: dict[str, Any] = {
+        "processes": ctx.processes,
+        "device": ctx.device,
+        "control": ctx.control,
+        "sink": ctx.reporter,
+    }
+    if wants_ray(ctx.settings, ctx.processes, cuda=ctx.device.type == "cuda"):
+        assert ctx.settings.ray_address is not None
+        ctx.reporter.log(
+            f"{stage}: {ctx.processes} processes, more than this worker runs itself: "
+            f"training on the Ray cluster at {ctx.settings.ray_address}",
+            stage=stage,
         )
+        result = fit_on_ray(task, **ranks, address=ctx.settings.ray_address)
+    else:
+        result = fit_in_processes(task, **ranks, threads=ctx.settings.torch_threads())
+    return _done(ctx, stage, net, result)
+
+
+def _done(ctx: JobContext, stage: str, net: torch.nn.Module, result: FitResult) -> dict[str, Any]:
+    """Keep a finished stage's weights and record (its history and training seconds)."""
     record = {"history": result.history, "seconds": round(result.seconds, 3)}
     ctx.store.save_done(stage, net, record)
     return record
