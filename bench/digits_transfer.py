@@ -172,8 +172,15 @@ def upload_task(h: Harness) -> dict[str, str]:
     }
 
 
-def defaults_seed(h: Harness, ids: dict[str, str], seed: int, student: dict[str, Any]) -> dict:
-    """One pipeline job with only epochs set: teacher, student and baseline from its report."""
+def defaults_seed(
+    h: Harness,
+    ids: dict[str, str],
+    seed: int,
+    student: dict[str, Any],
+    teacher_train: dict[str, Any] | None = None,
+) -> dict:
+    """One pipeline job with only epochs set: teacher, student and baseline from its report.
+    `teacher_train` adds fields to the source teacher's stage (a variant to compare)."""
     job = h.run(
         {
             "kind": "pipeline",
@@ -182,7 +189,11 @@ def defaults_seed(h: Harness, ids: dict[str, str], seed: int, student: dict[str,
             "teacher": {
                 "source": "train",
                 "arch": "resnet18",
-                "train": {"dataset": {"id": ids["source"]}, "epochs": DEFAULT_EPOCHS["teacher"]},
+                "train": {
+                    "dataset": {"id": ids["source"]},
+                    "epochs": DEFAULT_EPOCHS["teacher"],
+                    **(teacher_train or {}),
+                },
             },
             "student": student,
             "distill": {"dataset": {"id": ids["unlabelled"]}, "epochs": DEFAULT_EPOCHS["distill"]},
@@ -211,11 +222,14 @@ def defaults_seed(h: Harness, ids: dict[str, str], seed: int, student: dict[str,
 DEFAULT_METHODS = ["scratch", "finetuned_teacher", "student"]
 
 
-def run_defaults(seeds: tuple[int, ...], student_width: float) -> dict[str, Any]:
+def run_defaults(
+    seeds: tuple[int, ...], student_width: float, teacher_augment: str | None = None
+) -> dict[str, Any]:
     h = Harness()
     ids = upload_task(h)
     student = {**STUDENT, "width": student_width}
-    rows = [defaults_seed(h, ids, s, student) for s in seeds]
+    variant = {"augment": teacher_augment} if teacher_augment else None
+    rows = [defaults_seed(h, ids, s, student, variant) for s in seeds]
     summary: dict[str, Any] = {m: mean_std([r[m] for r in rows]) for m in DEFAULT_METHODS}
     gap = summary["finetuned_teacher"]["mean"] - summary["student"]["mean"]
     summary["gap_to_finetuned_teacher_points"] = round(100 * gap, 2)
@@ -234,6 +248,7 @@ def run_defaults(seeds: tuple[int, ...], student_width: float) -> dict[str, Any]
     return {
         "benchmark": "digits_transfer",
         "mode": "defaults",
+        "variant": variant,
         "epochs": DEFAULT_EPOCHS,
         "rows": rows,
         "summary": summary,
@@ -304,12 +319,19 @@ def main() -> None:
     parser.add_argument(
         "--defaults", action="store_true", help="only epochs in the spec, data uploaded"
     )
+    parser.add_argument(
+        "--teacher-augment",
+        default=None,
+        help="with --defaults, a variant: the source teacher's augmentation (e.g. crop)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("alembic", "app", "worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.defaults:
-        result = run_defaults(tuple(args.seeds or (0, 1, 2)), args.student_width)
+        result = run_defaults(
+            tuple(args.seeds or (0, 1, 2)), args.student_width, args.teacher_augment
+        )
     else:
         result = run(args.quick, tuple(args.seeds) if args.seeds else None, args.student_width)
     sys.stdout.write(result["table"] + "\n")

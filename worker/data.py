@@ -28,6 +28,9 @@ from app.schemas.job_spec import DatasetRef
 
 log = logging.getLogger(__name__)
 
+# Reader processes of a streamed set at most: past that, decoding small images is no
+# longer what a step waits for, and each process holds its own copy of the index.
+MAX_READERS = 8
 # Images per read while a streamed set is read into memory.
 MEMORY_READ_BATCH = 256
 # What a dataset's `x` is: a tensor in memory, or images read when indexed.
@@ -79,7 +82,7 @@ def into_memory(data: InMemoryData) -> InMemoryData:
     meanwhile), for the fast path of a set in memory."""
     started = time.perf_counter()
     order = torch.arange(len(data)).split(MEMORY_READ_BATCH)
-    parts = list(read_batches(data.x, order, workers=usable_cores()))
+    parts = list(read_batches(data.x, order, workers=min(MAX_READERS, usable_cores())))
     x = torch.cat(parts) if parts else torch.empty(0, *data.x.shape[1:], dtype=torch.uint8)
     log.info(
         "%s: %d images read into memory in %.1fs",
@@ -145,9 +148,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def loader_workers() -> int:
     """DataLoader processes reading a streamed set: every core but the one the training
-    loop runs on (at least one, at most 8; past that decoding small images is no longer
-    what a step waits for)."""
-    return max(1, min(8, usable_cores() - 1))
+    loop runs on (at least one, at most MAX_READERS)."""
+    return max(1, min(MAX_READERS, usable_cores() - 1))
 
 
 def read_batches(

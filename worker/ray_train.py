@@ -18,6 +18,7 @@ resumed stage finds them.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import tempfile
 import threading
@@ -169,6 +170,7 @@ def fit_on_ray(
             ray.get(stop.set.remote())
         ray.kill(stop)
         messages.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
     if "error" in outcome:
         relay.raise_error()
         raise RuntimeError(f"the Ray training run failed: {outcome['error']}")

@@ -100,6 +100,11 @@ def test_filters_narrow_a_streamed_set_without_reading_it(tmp_path: Path):
     # Read at 16 pixels from the files, as serving decodes them; in memory the stored 8-pixel
     # images are resized: the two differ by rounding at most.
     assert (a.x[:].int() - b.x.int()).abs().max() <= 1
+    # Indexed like a tensor: a boolean mask reads the samples it picks.
+    mask = torch.zeros(len(streamed), dtype=torch.bool)
+    mask[[3, 7]] = True
+    assert torch.equal(streamed.x[mask], memory.x[mask])
+    assert streamed.description.startswith("url/set/")
 
 
 def test_the_teachers_cache_on_a_streamed_set_equals_the_one_in_memory(tmp_path: Path):

@@ -204,6 +204,8 @@ class StreamedImages:
             positions: Sequence[int] = range(*which.indices(len(self.rows)))
         elif isinstance(which, int):
             return self.__getitems__([which])[0]
+        elif which.dtype == torch.bool:
+            positions = torch.nonzero(which).flatten().tolist()
         else:
             positions = which.flatten().tolist()
         return self.__getitems__(list(positions))
@@ -238,4 +240,5 @@ def read_index(path: Path, split: str = "all") -> InMemoryData:
         rows = rows[test if split == "test" else ~test]
     x = StreamedImages(SampleReader(index), rows, index.side)
     y = None if labels is None else torch.from_numpy(labels[rows])
-    return InMemoryData(x, y, list(index.class_names), 255.0, f"url/{path.stem}/{split}")  # type: ignore[arg-type]
+    name = path.name.removesuffix(".index.json")
+    return InMemoryData(x, y, list(index.class_names), 255.0, f"url/{name}/{split}")
