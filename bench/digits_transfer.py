@@ -178,9 +178,10 @@ def defaults_seed(
     seed: int,
     student: dict[str, Any],
     teacher_train: dict[str, Any] | None = None,
+    distill: dict[str, Any] | None = None,
 ) -> dict:
     """One pipeline job with only epochs set: teacher, student and baseline from its report.
-    `teacher_train` adds fields to the source teacher's stage (a variant to compare)."""
+    `teacher_train` and `distill` add fields to those stages (a variant to compare)."""
     job = h.run(
         {
             "kind": "pipeline",
@@ -196,7 +197,11 @@ def defaults_seed(
                 },
             },
             "student": student,
-            "distill": {"dataset": {"id": ids["unlabelled"]}, "epochs": DEFAULT_EPOCHS["distill"]},
+            "distill": {
+                "dataset": {"id": ids["unlabelled"]},
+                "epochs": DEFAULT_EPOCHS["distill"],
+                **(distill or {}),
+            },
             "finetune": {"dataset": {"id": ids["target"]}, "epochs": DEFAULT_EPOCHS["finetune"]},
             "evaluate": {"dataset": {"id": ids["evaluation"]}},
         }
@@ -223,13 +228,18 @@ DEFAULT_METHODS = ["scratch", "finetuned_teacher", "student"]
 
 
 def run_defaults(
-    seeds: tuple[int, ...], student_width: float, teacher_augment: str | None = None
+    seeds: tuple[int, ...],
+    student_width: float,
+    teacher_augment: str | None = None,
+    distill_augment: str | None = None,
 ) -> dict[str, Any]:
     h = Harness()
     ids = upload_task(h)
     student = {**STUDENT, "width": student_width}
-    variant = {"augment": teacher_augment} if teacher_augment else None
-    rows = [defaults_seed(h, ids, s, student, variant) for s in seeds]
+    teacher = {"augment": teacher_augment} if teacher_augment else None
+    distill = {"augment": distill_augment} if distill_augment else None
+    variant = {"teacher": teacher, "distill": distill}
+    rows = [defaults_seed(h, ids, s, student, teacher, distill) for s in seeds]
     summary: dict[str, Any] = {m: mean_std([r[m] for r in rows]) for m in DEFAULT_METHODS}
     gap = summary["finetuned_teacher"]["mean"] - summary["student"]["mean"]
     summary["gap_to_finetuned_teacher_points"] = round(100 * gap, 2)
@@ -324,13 +334,21 @@ def main() -> None:
         default=None,
         help="with --defaults, a variant: the source teacher's augmentation (e.g. crop)",
     )
+    parser.add_argument(
+        "--distill-augment",
+        default=None,
+        help="with --defaults, a variant: the distill stage's augmentation (e.g. crop)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("alembic", "app", "worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.defaults:
         result = run_defaults(
-            tuple(args.seeds or (0, 1, 2)), args.student_width, args.teacher_augment
+            tuple(args.seeds or (0, 1, 2)),
+            args.student_width,
+            args.teacher_augment,
+            args.distill_augment,
         )
     else:
         result = run(args.quick, tuple(args.seeds) if args.seeds else None, args.student_width)
