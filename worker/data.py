@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -162,16 +162,29 @@ def read_batches(
         for idx in batches:
             yield x[idx.to(x.device)]
         return
-    loader = DataLoader(
+    yield from _loader(x, [idx.tolist() for idx in batches], workers=workers, pin=pin)
+
+
+def _loader(
+    x: StreamedImages,
+    batches: Iterable[list[int]],
+    *,
+    workers: int | None,
+    pin: bool,
+    persistent: bool = False,
+) -> DataLoader[torch.Tensor]:
+    """A DataLoader of `workers` (default `loader_workers()`) reader processes over a
+    streamed set, a batch of indices at a time."""
+    return DataLoader(
         x,  # type: ignore[arg-type]  # map-style: __len__ and __getitems__
-        batch_sampler=[idx.tolist() for idx in batches],
+        batch_sampler=batches,  # type: ignore[arg-type]
         num_workers=workers or loader_workers(),
         collate_fn=_as_is,
         pin_memory=pin,
         # Enough batches in flight that a slow read (object storage) rarely stalls a step.
         prefetch_factor=4,
+        persistent_workers=persistent,
     )
-    yield from loader
 
 
 class EpochReader:
@@ -192,15 +205,7 @@ class EpochReader:
         if isinstance(self.x, torch.Tensor):
             return read_batches(self.x, batches)
         if self.loader is None:
-            self.loader = DataLoader(
-                self.x,  # type: ignore[arg-type]
-                batch_sampler=self.plan,
-                num_workers=loader_workers(),
-                collate_fn=_as_is,
-                pin_memory=self.pin,
-                prefetch_factor=4,
-                persistent_workers=True,
-            )
+            self.loader = _loader(self.x, self.plan, workers=None, pin=self.pin, persistent=True)
         self.plan.batches = [idx.tolist() for idx in batches]
         return iter(self.loader)
 

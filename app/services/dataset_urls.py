@@ -23,13 +23,12 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from app.core.datasets import holdout_mask
+from app.core.datasets import DatasetUnavailableError, holdout_mask
 from app.core.datasets.stored import channel_stats
 from app.core.datasets.streamed import (
     DECODE_ERRORS,
     Index,
     SampleReader,
-    StreamedImages,
     index_file,
     open_url,
 )
@@ -162,7 +161,10 @@ def scan(
         raise _fault(f"{url} cannot be read ({exc})") from None
     if len(index) > MAX_SAMPLES:
         raise _fault(f"{len(index)} samples; at most {MAX_SAMPLES} are accepted")
-    return index, _peek(index, image_size)
+    try:
+        return index, _peek(index, image_size)
+    except DatasetUnavailableError as exc:  # the sampled images' bytes, or their pixels
+        raise _fault(str(exc)) from None
 
 
 def _checked_classes(names: list[str]) -> None:
@@ -312,7 +314,8 @@ def _peek(index: Index, image_size: int | None) -> tuple[list[float], list[float
     picks = train[np.unique(np.linspace(0, len(train) - 1, PEEK_SAMPLES).astype(int))]
     modes, sizes = [], Counter()
     first: dict[tuple[int, int], str] = {}
-    for name, data in reader.sample_bytes([int(i) for i in picks]):
+    blobs = reader.sample_bytes([int(i) for i in picks])
+    for name, data in blobs:
         try:
             with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
                 modes.append(img.mode)
@@ -334,5 +337,6 @@ def _peek(index: Index, image_size: int | None) -> tuple[list[float], list[float
     else:
         ((w, h),) = sizes
         index.side = check_stored_side(first[(w, h)], w, h, "width x height", field="url")
-    x = StreamedImages(reader, picks, index.side)[:]
-    return channel_stats(x.numpy())
+    # The same bytes, decoded as training decodes them: no second read of the samples.
+    x = np.stack([reader.decode(name, data, index.side) for name, data in blobs])
+    return channel_stats(x)
