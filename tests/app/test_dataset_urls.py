@@ -175,6 +175,11 @@ def test_urls_that_cannot_be_registered_answer_422_naming_url(
     broken = image_folder(roots / "broken", x[:10], y[:10])
     (broken / "digit0" / "zz.png").write_bytes(b"not a png")
     assert_url_problem(register(client, alice, f"file://{broken}"), "not a readable PNG")
+    # A header that opens, pixels that do not: still a 422 on url, naming the file.
+    cut = image_folder(roots / "cut", x[:10], y[:10])
+    whole = png(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
+    (cut / "digit0" / "0000.png").write_bytes(whole[: len(whole) // 2])
+    assert_url_problem(register(client, alice, f"file://{cut}"), "0000.png")
     assert_url_problem(register(client, alice, f"file://{folder}/digit0/0000.png"), "is a file")
     gz = roots / "gz"
     gz.mkdir()
