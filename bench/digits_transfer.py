@@ -24,6 +24,12 @@ every other setting at its default; its report holds the fine-tuned teacher, the
 and the scratch baseline.
 
     python -m bench.digits_transfer --defaults --student-width 0.25
+
+`--variant` adds fields to the teacher, distill or fine-tune stage of that job (JSON, e.g.
+'{"teacher": {"augment": "none"}}'), to compare a setting with the defaults in one run.
+Each row also gives the fine-tuning stages' accuracy on the evaluation set after their
+first epoch, at their best and at their last (`student_finetune_curve`,
+`teacher_finetune_curve`): where fine-tuning on the few labels helps or overfits.
 """
 
 from __future__ import annotations
@@ -177,11 +183,12 @@ def defaults_seed(
     ids: dict[str, str],
     seed: int,
     student: dict[str, Any],
-    teacher_train: dict[str, Any] | None = None,
-    distill: dict[str, Any] | None = None,
+    variant: dict[str, dict[str, Any]] | None = None,
 ) -> dict:
     """One pipeline job with only epochs set: teacher, student and baseline from its report.
-    `teacher_train` and `distill` add fields to those stages (a variant to compare)."""
+    `variant` adds fields to the stages it names (`teacher`, `distill`, `finetune`): a
+    variant to compare with the defaults."""
+    variant = variant or {}
     job = h.run(
         {
             "kind": "pipeline",
@@ -193,20 +200,28 @@ def defaults_seed(
                 "train": {
                     "dataset": {"id": ids["source"]},
                     "epochs": DEFAULT_EPOCHS["teacher"],
-                    **(teacher_train or {}),
+                    **variant.get("teacher", {}),
                 },
             },
             "student": student,
             "distill": {
                 "dataset": {"id": ids["unlabelled"]},
                 "epochs": DEFAULT_EPOCHS["distill"],
-                **(distill or {}),
+                **variant.get("distill", {}),
             },
-            "finetune": {"dataset": {"id": ids["target"]}, "epochs": DEFAULT_EPOCHS["finetune"]},
+            "finetune": {
+                "dataset": {"id": ids["target"]},
+                "epochs": DEFAULT_EPOCHS["finetune"],
+                **variant.get("finetune", {}),
+            },
             "evaluate": {"dataset": {"id": ids["evaluation"]}},
         }
     )
     report = job["report"]
+    # The student's accuracy on the evaluation set after each fine-tuning epoch: where
+    # it starts (just distilled) and whether fine-tuning on the few labels helps.
+    curve = accuracy_curve(h, job["id"], "finetune")
+    teacher_curve = accuracy_curve(h, job["id"], "teacher_finetune")
     out = {
         "seed": seed,
         "scratch": report["baseline"]["accuracy"],
@@ -219,9 +234,22 @@ def defaults_seed(
         "stages": report["stages"],
         "seconds": job["seconds"],
         "summary": report["summary"],
+        "student_finetune_curve": curve_summary(curve),
+        "teacher_finetune_curve": curve_summary(teacher_curve),
     }
     log.info("seed %d: %s", seed, out)
     return out
+
+
+def accuracy_curve(h: Harness, job_id: str, stage: str) -> list[float]:
+    return [m["val_accuracy"] for m in h.metrics(job_id, stage) if "val_accuracy" in m]
+
+
+def curve_summary(curve: list[float]) -> dict[str, float | None]:
+    """Where a fine-tuning stage's evaluation accuracy started, peaked and ended."""
+    if not curve:
+        return {"first_epoch": None, "best": None, "last": None}
+    return {"first_epoch": curve[0], "best": max(curve), "last": curve[-1]}
 
 
 DEFAULT_METHODS = ["scratch", "finetuned_teacher", "student"]
@@ -232,14 +260,17 @@ def run_defaults(
     student_width: float,
     teacher_augment: str | None = None,
     distill_augment: str | None = None,
+    variant: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     h = Harness()
     ids = upload_task(h)
     student = {**STUDENT, "width": student_width}
-    teacher = {"augment": teacher_augment} if teacher_augment else None
-    distill = {"augment": distill_augment} if distill_augment else None
-    variant = {"teacher": teacher, "distill": distill}
-    rows = [defaults_seed(h, ids, s, student, teacher, distill) for s in seeds]
+    variant = {k: dict(v) for k, v in (variant or {}).items()}
+    if teacher_augment:
+        variant.setdefault("teacher", {})["augment"] = teacher_augment
+    if distill_augment:
+        variant.setdefault("distill", {})["augment"] = distill_augment
+    rows = [defaults_seed(h, ids, s, student, variant) for s in seeds]
     summary: dict[str, Any] = {m: mean_std([r[m] for r in rows]) for m in DEFAULT_METHODS}
     gap = summary["finetuned_teacher"]["mean"] - summary["student"]["mean"]
     summary["gap_to_finetuned_teacher_points"] = round(100 * gap, 2)
@@ -339,7 +370,16 @@ def main() -> None:
         default=None,
         help="with --defaults, a variant: the distill stage's augmentation (e.g. crop)",
     )
+    parser.add_argument(
+        "--variant",
+        type=json.loads,
+        default=None,
+        help="with --defaults, fields added to stages, as JSON: "
+        '{"teacher": {...}, "distill": {...}, "finetune": {...}}',
+    )
     args = parser.parse_args()
+    if args.variant is not None and not set(args.variant) <= {"teacher", "distill", "finetune"}:
+        parser.error("--variant names only the stages teacher, distill and finetune")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("alembic", "app", "worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -349,6 +389,7 @@ def main() -> None:
             args.student_width,
             args.teacher_augment,
             args.distill_augment,
+            args.variant,
         )
     else:
         result = run(args.quick, tuple(args.seeds) if args.seeds else None, args.student_width)

@@ -74,6 +74,21 @@ class Harness:
                 "seconds": round(seconds, 2),
             }
 
+    def metrics(self, job_id: str, stage: str) -> list[dict[str, Any]]:
+        """The per-epoch metric events one stage of a finished job wrote, in order."""
+        from sqlalchemy import select
+
+        from app.db import get_sessionmaker
+        from app.models import JobEvent
+
+        with get_sessionmaker()() as session:
+            rows = session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.type == "metric")
+                .order_by(JobEvent.id)
+            )
+            return [r.data for r in rows if r.data.get("stage") == stage]
+
     def upload(self, name: str, x: Any, y: Any | None, class_names: list[str]) -> str:
         """Store arrays as an uploaded .npz dataset, through the same code as
         POST /api/v1/datasets; its id."""

@@ -15,8 +15,11 @@ anything. So, unless the spec says otherwise:
 - augmentation follows the data's kind: flips and crops for colour (natural) images, the
   usual recipe for them; none for grey ones (digits and text-like images, which a flip
   would turn into another symbol, and where crops cost accuracy in the sweep of
-  docs/benchmarks.md: on digits and on Fashion-MNIST's short schedules); none for
-  regression targets (a shifted image may mean another target).
+  docs/benchmarks.md: on digits and on Fashion-MNIST's short schedules), except crops for
+  a teacher trained on its source task, whose job is to transfer and to teach, not to
+  score on that task: with crops it made a better fine-tuned teacher and student on
+  every measured seed; none for regression targets (a shifted image may mean another
+  target).
 
 `resolve_stage` returns a StageSpec with every one of these decided, so the fit loop, the
 teacher-output cache and the progress events all see the same numbers.
@@ -46,11 +49,14 @@ def auto_batch_size(n: int) -> int:
     return max(1, min(DEFAULT_BATCH_SIZE, n // 4))
 
 
-def auto_augment(data: InMemoryData) -> str:
-    """The augmentation that keeps the data's meaning: see the module docstring."""
+def auto_augment(data: InMemoryData, *, teacher: bool = False) -> str:
+    """The augmentation that keeps the data's meaning: see the module docstring.
+    `teacher`: the stage trains a teacher on its source task."""
     if data.task == "regression":
         return "none"
-    return "flip_crop" if data.x.shape[1] == 3 else "none"
+    if data.x.shape[1] == 3:
+        return "flip_crop"
+    return "crop" if teacher else "none"
 
 
 def resolve_optimizer(spec: OptimizerSpec, *, pretrained: bool) -> OptimizerSpec:
@@ -67,10 +73,13 @@ def resolve_optimizer(spec: OptimizerSpec, *, pretrained: bool) -> OptimizerSpec
     )
 
 
-def resolve_stage(stage: S, data: InMemoryData, *, pretrained: bool = False) -> S:
+def resolve_stage(
+    stage: S, data: InMemoryData, *, pretrained: bool = False, teacher: bool = False
+) -> S:
     """`stage` with its batch size, epochs, learning rate and augmentation decided for
     `data` (a copy; an already concrete stage comes back equal). `pretrained`: the stage
-    fine-tunes a network that has weights."""
+    fine-tunes a network that has weights; `teacher`: it trains a teacher on its source
+    task."""
     n = len(data)
     batch = stage.batch_size if stage.batch_size is not None else auto_batch_size(n)
     per_epoch = max(1, steps_per_epoch(n, batch))
@@ -81,7 +90,7 @@ def resolve_stage(stage: S, data: InMemoryData, *, pretrained: bool = False) -> 
         epochs = max(stage.epochs, math.ceil(stage.min_steps / per_epoch))
     augment = stage.augment
     if augment == "auto":
-        augment = auto_augment(data)
+        augment = auto_augment(data, teacher=teacher)
         outputs = getattr(stage, "teacher_outputs", None)
         if outputs == "cache":
             augment = "none"  # asked for one cached output per sample

@@ -148,7 +148,7 @@ def obtain_teacher(
             eval_data=task_eval,
             seed=seed,
             stage="teacher",
-            role="the teacher ",
+            teacher=True,
         )
     if source.num_classes is None or source.class_names is None:
         raise JobFailedError("bad_spec", f"a {spec.source} model has no classes of its own")
@@ -236,16 +236,19 @@ def train_from_scratch(
     eval_data: InMemoryData | None,
     seed: int,
     stage: str,
-    role: str = "",
+    teacher: bool = False,
 ) -> Trained:
     """Supervised training of a fresh network (a `train` job, a teacher trained on its
-    source task, or a pipeline's baseline)."""
+    source task (`teacher`), or a pipeline's baseline)."""
     if data.y is None:
         raise JobFailedError("unlabelled_data", f"{stage}: the dataset has no labels")
     net, config = build_from_spec(ctx, spec, data, data.num_classes, seed=seed)
     trained = Trained(net.to(ctx.device), config, data.class_names, data.task)
     # A `train` job may start from weights (torchvision, checkpoint, model): fine-tuning.
-    stage_spec = resolve_stage(stage_spec, data, pretrained=spec.source != "scratch")
+    stage_spec = resolve_stage(
+        stage_spec, data, pretrained=spec.source != "scratch", teacher=teacher
+    )
+    role = "the teacher " if teacher else ""
     if stage_done(ctx, stage, net) is None:
         run_fit_stage(
             ctx,

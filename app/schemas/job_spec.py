@@ -198,7 +198,8 @@ class StageSpec(SpecModel):
         "auto",
         description="Random augmentation, applied to tensors in batch. auto: by the data's "
         "kind: flip_crop for colour (natural) images; none for grey ones (digits, text: a "
-        "flip makes another symbol) and for regression targets.",
+        "flip makes another symbol), but crop when training a teacher on its source task; "
+        "none for regression targets.",
     )
     label_smoothing: float = Field(
         0.0,

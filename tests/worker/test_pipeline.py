@@ -46,6 +46,10 @@ def test_pipeline_strategies(env, strategy: str):
     # The teacher is measured on the target's classes: fine-tuned there first
     # (finetune_then_distill), or a copy fine-tuned for the report after the student.
     assert teacher["fine_tuned_on_target"] is True
+    # Each stage's start event says what the defaults chose on these grey digits: crops
+    # for the teacher on its source task, none for the scratch baseline.
+    starts = {e["stage"]: e["message"] for e in events(job.id, "progress") if e.get("epoch") == 0}
+    assert "augment crop" in starts["teacher"] and "augment none" in starts["baseline"]
     if strategy == "distill_then_finetune":
         assert teacher["accuracy"] is not None
         assert stages_run(job.id) == [

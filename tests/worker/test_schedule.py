@@ -152,6 +152,15 @@ def test_augmentation_follows_the_data_kind():
         DistillStage(dataset=DatasetRef(name="digits"), teacher_outputs="cache", augment="crop")
 
 
+def test_a_teacher_on_its_source_task_gets_crops_but_never_flips():
+    assert auto_augment(data(8, channels=1), teacher=True) == "crop"  # grey: crops only
+    assert auto_augment(data(8, channels=3), teacher=True) == "flip_crop"
+    assert auto_augment(data(8, regression=True), teacher=True) == "none"
+    assert resolve_stage(stage(), data(8, channels=1), teacher=True).augment == "crop"
+    # The spec's own choice stands.
+    assert resolve_stage(stage(augment="none"), data(8, channels=1), teacher=True).augment == "none"
+
+
 def _train_job(target: dict, evaluate: dict | None) -> dict:
     spec = {"kind": "train", "model": {"arch": "small_cnn"}, "train": {"dataset": target}}
     if evaluate is not None:
