@@ -258,18 +258,12 @@ DEFAULT_METHODS = ["scratch", "finetuned_teacher", "student"]
 def run_defaults(
     seeds: tuple[int, ...],
     student_width: float,
-    teacher_augment: str | None = None,
-    distill_augment: str | None = None,
     variant: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     h = Harness()
     ids = upload_task(h)
     student = {**STUDENT, "width": student_width}
-    variant = {k: dict(v) for k, v in (variant or {}).items()}
-    if teacher_augment:
-        variant.setdefault("teacher", {})["augment"] = teacher_augment
-    if distill_augment:
-        variant.setdefault("distill", {})["augment"] = distill_augment
+    variant = variant or {}
     rows = [defaults_seed(h, ids, s, student, variant) for s in seeds]
     summary: dict[str, Any] = {m: mean_std([r[m] for r in rows]) for m in DEFAULT_METHODS}
     gap = summary["finetuned_teacher"]["mean"] - summary["student"]["mean"]
@@ -363,12 +357,12 @@ def main() -> None:
     parser.add_argument(
         "--teacher-augment",
         default=None,
-        help="with --defaults, a variant: the source teacher's augmentation (e.g. crop)",
+        help="with --defaults: the source teacher's augmentation (e.g. crop), a --variant field",
     )
     parser.add_argument(
         "--distill-augment",
         default=None,
-        help="with --defaults, a variant: the distill stage's augmentation (e.g. crop)",
+        help="with --defaults: the distill stage's augmentation (e.g. crop), a --variant field",
     )
     parser.add_argument(
         "--variant",
@@ -378,8 +372,13 @@ def main() -> None:
         '{"teacher": {...}, "distill": {...}, "finetune": {...}}',
     )
     args = parser.parse_args()
-    if args.variant is not None and not set(args.variant) <= {"teacher", "distill", "finetune"}:
+    variant: dict[str, dict[str, Any]] = args.variant or {}
+    if not set(variant) <= {"teacher", "distill", "finetune"}:
         parser.error("--variant names only the stages teacher, distill and finetune")
+    # The two augment flags are shorthands for a --variant field.
+    for stage, augment in (("teacher", args.teacher_augment), ("distill", args.distill_augment)):
+        if augment:
+            variant.setdefault(stage, {})["augment"] = augment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("alembic", "app", "worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -387,9 +386,7 @@ def main() -> None:
         result = run_defaults(
             tuple(args.seeds or (0, 1, 2)),
             args.student_width,
-            args.teacher_augment,
-            args.distill_augment,
-            args.variant,
+            variant,
         )
     else:
         result = run(args.quick, tuple(args.seeds) if args.seeds else None, args.student_width)

@@ -18,6 +18,9 @@ import torch
 
 log = logging.getLogger("bench")
 
+# The owner of every job and upload the benchmarks make.
+OWNER = "bench"
+
 
 class Harness:
     def __init__(self, root: Path | None = None, threads: int | None = None) -> None:
@@ -51,7 +54,7 @@ class Harness:
         with get_write_sessionmaker()() as session:
             job, _ = create_job(
                 session,
-                owner="bench",
+                owner=OWNER,
                 spec=parse_spec(spec),
                 raw_body=spec,
                 idempotency_key=None,
@@ -75,19 +78,13 @@ class Harness:
             }
 
     def metrics(self, job_id: str, stage: str) -> list[dict[str, Any]]:
-        """The per-epoch metric events one stage of a finished job wrote, in order."""
-        from sqlalchemy import select
-
+        """The per-epoch figures one stage of a finished job wrote, in order (what
+        GET /api/v1/jobs/{id}/metrics gives, by stage)."""
         from app.db import get_sessionmaker
-        from app.models import JobEvent
+        from app.services.jobs import metric_history
 
         with get_sessionmaker()() as session:
-            rows = session.scalars(
-                select(JobEvent)
-                .where(JobEvent.job_id == job_id, JobEvent.type == "metric")
-                .order_by(JobEvent.id)
-            )
-            return [r.data for r in rows if r.data.get("stage") == stage]
+            return metric_history(session, owner=OWNER, job_id=job_id).stages.get(stage, [])
 
     def upload(self, name: str, x: Any, y: Any | None, class_names: list[str]) -> str:
         """Store arrays as an uploaded .npz dataset, through the same code as
@@ -109,7 +106,7 @@ class Harness:
         with get_write_sessionmaker()() as session:
             row = create_dataset(
                 session,
-                owner="bench",
+                owner=OWNER,
                 form=DatasetForm(name=name),
                 path=path,
                 filename=path.name,
