@@ -52,7 +52,7 @@ def test_example_succeeds_and_its_report_states_the_gain(env, path: Path, monkey
     assert report["teacher"]["fine_tuned_on_target"] is True
     assert report["baseline"]["accuracy"] is not None
     # The gain is stated, whatever its sign: against a scratch student trained properly
-    # (issue 13's defaults) it is a few points either way on 177 test images (+1.7 for
+    # (issue 13's defaults) it is a few points either way on 177 test images (+3.4 for
     # pipeline_digits on two threads of a 2-core AMD EPYC; another processor or thread
     # count rounds differently), and the report says how wide that is.
     gain = report["gain_over_baseline"]

@@ -137,9 +137,18 @@ def take(x: Images, which: torch.Tensor) -> Images:
 def epoch_batches(
     n: int, batch_size: int, *, gen: torch.Generator, shuffle: bool
 ) -> list[torch.Tensor]:
-    """Index batches for one epoch; the last partial batch is kept (small few-shot sets)."""
+    """Index batches for one epoch: `steps_per_epoch(n, batch_size)` of them, every sample
+    in one, their sizes as equal as they can be (at most `batch_size`).
+
+    Not `batch_size` each and a remainder last: 50 images at 12 would be four batches of 12
+    and one of 2, and a batch of 2 makes batch norm's statistics noise (in a resnet18 on
+    8x8 digits the last stages see 1x1 maps: 2 values a channel). That one step an epoch
+    cost a fine-tuned teacher 10 points on the few-shot digits target (docs/benchmarks.md,
+    "Equal batches"); five batches of 10 take the same steps without it."""
+    if n == 0:
+        return []
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-    return list(order.split(batch_size))
+    return list(order.tensor_split(steps_per_epoch(n, batch_size)))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -309,7 +309,8 @@ def _adapt_teacher(
     eval_data: InMemoryData,
 ) -> Trained:
     """The teacher fine-tuned on the target (stage "teacher_finetune"): the `finetune`
-    settings without a kd term, a new head for the target's classes."""
+    settings without a kd term, a new head for the target's classes, and a teacher's
+    augmentation default (crops on grey images)."""
     return finetune(
         ctx,
         teacher,
@@ -319,6 +320,7 @@ def _adapt_teacher(
         teacher=None,
         seed=spec.seed,
         stage="teacher_finetune",
+        adapts_teacher=True,
     )
 
 

@@ -16,10 +16,10 @@ anything. So, unless the spec says otherwise:
   usual recipe for them; none for grey ones (digits and text-like images, which a flip
   would turn into another symbol, and where crops cost accuracy in the sweep of
   docs/benchmarks.md: on digits and on Fashion-MNIST's short schedules), except crops for
-  a teacher trained on its source task, whose job is to transfer and to teach, not to
-  score on that task: with crops it made a better fine-tuned teacher and student on
-  every measured seed; none for regression targets (a shifted image may mean another
-  target).
+  a teacher, whose job is to transfer and to teach, not to score on its training set:
+  trained on its source task with crops it made a better fine-tuned teacher and student
+  on every measured seed, and adapted to a 50-image target with crops it scored higher
+  on every seed; none for regression targets (a shifted image may mean another target).
 
 `resolve_stage` returns a StageSpec with every one of these decided, so the fit loop, the
 teacher-output cache and the progress events all see the same numbers.
@@ -51,7 +51,8 @@ def auto_batch_size(n: int) -> int:
 
 def auto_augment(data: InMemoryData, *, teacher: bool = False) -> str:
     """The augmentation that keeps the data's meaning: see the module docstring.
-    `teacher`: the stage trains a teacher on its source task."""
+    `teacher`: the stage trains a teacher (on its source task, or adapting it to the
+    target)."""
     if data.task == "regression":
         return "none"
     if data.x.shape[1] == 3:
@@ -78,8 +79,8 @@ def resolve_stage(
 ) -> S:
     """`stage` with its batch size, epochs, learning rate and augmentation decided for
     `data` (a copy; an already concrete stage comes back equal). `pretrained`: the stage
-    fine-tunes a network that has weights; `teacher`: it trains a teacher on its source
-    task."""
+    fine-tunes a network that has weights; `teacher`: it trains a teacher (on its source
+    task, or adapting it to the target)."""
     n = len(data)
     batch = stage.batch_size if stage.batch_size is not None else auto_batch_size(n)
     per_epoch = max(1, steps_per_epoch(n, batch))
@@ -123,7 +124,14 @@ def total_steps(stage: StageSpec, n: int) -> int:
 def describe(stage: StageSpec, n: int) -> str:
     """A resolved stage's schedule in words, for its start event: what the defaults chose."""
     opt = stage.optimizer
+    assert stage.batch_size is not None
+    per_epoch = max(1, steps_per_epoch(n, stage.batch_size))
+    batch = f"batch {stage.batch_size}"
+    largest = math.ceil(n / per_epoch)
+    if largest != stage.batch_size:
+        # An epoch's batches are cut equal (worker/data.py): say what the steps really see.
+        batch += f" ({per_epoch} equal batches of {largest} or less)"
     return (
-        f"batch {stage.batch_size}, {stage.epochs} epochs ({total_steps(stage, n)} steps), "
+        f"{batch}, {stage.epochs} epochs ({total_steps(stage, n)} steps), "
         f"{opt.name} lr {opt.lr:g}, augment {stage.augment}"
     )

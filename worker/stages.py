@@ -168,11 +168,14 @@ def finetune(
     teacher: Trained | None,
     seed: int,
     stage: str = "finetune",
+    adapts_teacher: bool = False,
 ) -> Trained:
-    """Fine-tune `model` on the target `data`, replacing its head if the classes change."""
+    """Fine-tune `model` on the target `data`, replacing its head if the classes change.
+    `adapts_teacher`: `model` is a pipeline's teacher, to teach on the target (its
+    augmentation default is a teacher's, worker/schedule.py)."""
     if data.y is None:
         raise JobFailedError("unlabelled_data", "finetune.dataset has no labels")
-    stage_spec = resolve_stage(stage_spec, data, pretrained=True)
+    stage_spec = resolve_stage(stage_spec, data, pretrained=True, teacher=adapts_teacher)
     target = retarget(model, data, data.num_classes, seed=seed, device=ctx.device)
     target.class_names, target.task = data.class_names, data.task
     if stage_done(ctx, stage, target.net) is not None:

@@ -182,8 +182,10 @@ class StageSpec(SpecModel):
         None,
         ge=1,
         le=65_536,
-        description="Samples per optimiser step. Unset: 64, but at most a quarter of the "
-        "stage's data (12 for 50 images), so a small set gets several steps an epoch.",
+        description="Samples per optimiser step, at most: an epoch's batches are made as "
+        "equal as they can be (50 images at 12: five of 10, not four of 12 and one of 2, "
+        "which batch norm cannot use). Unset: 64, but at most a quarter of the stage's data "
+        "(12 for 50 images), so a small set gets several steps an epoch.",
     )
     optimizer: OptimizerSpec = Field(
         default_factory=OptimizerSpec,
@@ -198,7 +200,8 @@ class StageSpec(SpecModel):
         "auto",
         description="Random augmentation, applied to tensors in batch. auto: by the data's "
         "kind: flip_crop for colour (natural) images; none for grey ones (digits, text: a "
-        "flip makes another symbol), but crop when training a teacher on its source task; "
+        "flip makes another symbol), but crop when training a teacher (on its source task, "
+        "or a pipeline's teacher_finetune on the target); "
         "none for regression targets.",
     )
     label_smoothing: float = Field(

@@ -47,9 +47,11 @@ def test_pipeline_strategies(env, strategy: str):
     # (finetune_then_distill), or a copy fine-tuned for the report after the student.
     assert teacher["fine_tuned_on_target"] is True
     # Each stage's start event says what the defaults chose on these grey digits: crops
-    # for the teacher on its source task, none for the scratch baseline.
+    # for the teacher, on its source task and adapted to the target; none for the
+    # student's fine-tuning and the scratch baseline.
     starts = {e["stage"]: e["message"] for e in events(job.id, "progress") if e.get("epoch") == 0}
-    assert "augment crop" in starts["teacher"] and "augment none" in starts["baseline"]
+    assert "augment crop" in starts["teacher"] and "augment crop" in starts["teacher_finetune"]
+    assert "augment none" in starts["finetune"] and "augment none" in starts["baseline"]
     if strategy == "distill_then_finetune":
         assert teacher["accuracy"] is not None
         assert stages_run(job.id) == [

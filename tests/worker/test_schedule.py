@@ -132,7 +132,8 @@ def test_learning_rate_and_weight_decay_default_per_optimizer(name: str):
     resolved = resolve_stage(stage(optimizer={"name": name}), SHOTS, pretrained=True)
     assert resolved.optimizer == tuned
     assert describe(resolved, len(SHOTS)) == (
-        f"batch 12, 60 epochs (300 steps), {name} lr {lr * FINETUNE_LR_SHARE:g}, augment none"
+        f"batch 12 (5 equal batches of 10 or less), 60 epochs (300 steps), "
+        f"{name} lr {lr * FINETUNE_LR_SHARE:g}, augment none"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from app.schemas.job_spec import DatasetRef, SchedulerSpec, StageSpec
 from worker.augment import crop_batch, random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobCancelled, JobControl
-from worker.data import load_dataset
+from worker.data import epoch_batches, load_dataset, steps_per_epoch
 from worker.objectives import supervised
 from worker.schedule import resolve_optimizer
 from worker.train import (
@@ -43,7 +44,7 @@ def run_fit(model, spec, objective=None, **kw):
     return fit(
         stage_name="s",
         model=model,
-        train=DIGITS,
+        train=kw.pop("train", DIGITS),
         stage=spec,
         objective=objective or supervised(),
         device=torch.device("cpu"),
@@ -58,6 +59,34 @@ def test_fit_learns_and_records_history():
     result = run_fit(net(), stage(epochs=3))
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[-1]["train_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "sizes"),
+    [
+        (50, 12, [10] * 5),
+        (49, 12, [10, 10, 10, 10, 9]),
+        (65, 64, [33, 32]),
+        (64, 64, [64]),
+        (0, 64, []),
+    ],
+)
+def test_an_epochs_batches_are_equal_not_full_ones_and_a_remainder(n, batch, sizes):
+    # 50 images at 12 were 12, 12, 12, 12 and 2: a batch of 2 (or 1) for batch norm.
+    batches = epoch_batches(n, batch, gen=torch.Generator().manual_seed(0), shuffle=True)
+    assert [len(b) for b in batches] == sizes
+    assert len(batches) == steps_per_epoch(n, batch)
+    assert sorted(i for b in batches for i in b.tolist()) == list(range(n))
+
+
+def test_a_set_one_past_the_batch_trains_a_network_with_batch_norm():
+    # resnet18 on 8x8 digits has 1x1 maps in its last stages: a last batch of one image
+    # (65 at 64) raised "Expected more than 1 value per channel when training".
+    torch.manual_seed(0)
+    model = build_network(NetworkConfig("resnet18", 2, 1, 8))
+    sixty_five = dataclasses.replace(DIGITS, x=DIGITS.x[:65], y=DIGITS.y[:65])
+    result = run_fit(model, stage(epochs=1), train=sixty_five)
+    assert result.history[-1]["epoch"] == 1
 
 
 def test_a_nan_loss_stops_the_stage_with_advice():
