@@ -46,7 +46,7 @@ log = logging.getLogger("bench.ddp")
 
 
 def _data() -> tuple[Any, Any]:
-    from app.schemas.job_spec import DatasetRef
+    from app.schemas.stage_spec import DatasetRef
     from worker.data import load_dataset
 
     train = load_dataset(DatasetRef(name="digits"), data_root=Path("data"), seed=0)
@@ -62,7 +62,7 @@ def _net(width: float) -> torch.nn.Module:
 
 
 def _stage(epochs: int, train: Any) -> Any:
-    from app.schemas.job_spec import DatasetRef, StageSpec
+    from app.schemas.stage_spec import DatasetRef, StageSpec
     from worker.schedule import resolve_stage
 
     spec = StageSpec(dataset=DatasetRef(name="digits"), epochs=epochs, batch_size=64, min_steps=0)

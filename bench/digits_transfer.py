@@ -160,7 +160,7 @@ def upload_task(h: Harness) -> dict[str, str]:
     """The few-shot task as a user would upload it: four .npz files; their ids."""
     from pathlib import Path
 
-    from app.schemas.job_spec import DatasetRef
+    from app.schemas.stage_spec import DatasetRef
     from worker.data import load_dataset
 
     def arrays(**ref: Any) -> Any:

@@ -98,7 +98,8 @@ def s8s8_variant(folder: Path, spec: dict[str, Any], *, threads: int) -> tuple[b
     from app.config import get_settings
     from app.core.model_format import onnx_session
     from app.core.network import NetworkConfig
-    from app.schemas.job_spec import DatasetRef, default_evaluate
+    from app.schemas.job_spec import default_evaluate
+    from app.schemas.stage_spec import DatasetRef
     from worker.data import load_dataset
     from worker.quantize import draw_calibration, quantize_onnx, score
 

@@ -1,4 +1,4 @@
-"""The sweep behind the stage defaults (app/schemas/job_spec.py OPTIMIZER_DEFAULTS,
+"""The sweep behind the stage defaults (app/schemas/stage_spec.py OPTIMIZER_DEFAULTS,
 MIN_STEPS, the batch rule in worker/schedule.py): one small student trained from scratch
 by the real fit loop, with only `epochs` given, on three data sizes:
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import DatasetRef, StageSpec
+from app.schemas.stage_spec import DatasetRef, StageSpec
 from bench.fashion_kd import ensure_fashion_mnist
 from bench.harness import Harness, machine
 from worker.control import JobControl

@@ -49,7 +49,7 @@ BATCH = 64
 
 def write_folder(root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n synthetic images as class/NNNNNN.png; the images and labels, in memory."""
-    from app.schemas.job_spec import DatasetRef
+    from app.schemas.stage_spec import DatasetRef
     from worker.data import load_dataset
 
     data = load_dataset(DatasetRef(name="synthetic", num_samples=n), data_root=Path("data"), seed=0)
@@ -69,7 +69,7 @@ def _net(width: float) -> torch.nn.Module:
 
 
 def run_ours(data: Any, epochs: int, width: float) -> dict[str, Any]:
-    from app.schemas.job_spec import DatasetRef, StageSpec
+    from app.schemas.stage_spec import DatasetRef, StageSpec
     from worker.control import JobControl
     from worker.objectives import supervised
     from worker.train import NullSink, fit

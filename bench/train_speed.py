@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from app.core.losses import soft_target_kl
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 from bench.harness import Harness, machine
 from worker.data import load_dataset
 

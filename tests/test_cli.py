@@ -249,7 +249,7 @@ def test_listing_follows_page_tokens_and_errors_read_as_one_line(client, alice, 
 
 
 def test_stage_plan_follows_the_spec():
-    from app.client import stage_plan
+    from app.job_progress import stage_plan
     from tests.helpers import tiny_pipeline_spec
 
     def names(spec):
@@ -304,9 +304,9 @@ def test_stage_plan_follows_the_spec():
 def test_the_progress_line_speaks_for_the_whole_job(client, alice):
     """Events written by the worker's own Reporter, read back through the real event
     stream, make one line: stage n of N, and an ETA for the whole job marked "~"."""
-    from app.client import JobProgress
     from app.core import job_states
     from app.db import get_write_engine
+    from app.job_progress import JobProgress
     from tests.helpers import tiny_pipeline_spec
     from worker.control import JobControl
     from worker.events import Reporter
@@ -360,7 +360,7 @@ def test_the_progress_line_speaks_for_the_whole_job(client, alice):
 
 
 def test_an_eta_that_covers_one_stage_says_so():
-    from app.client import JobProgress
+    from app.job_progress import JobProgress
     from tests.helpers import tiny_pipeline_spec
 
     spec = tiny_pipeline_spec(baseline=False, strategy="finetune_then_distill")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from app.core.archs import replace_head, torchvision_weights
 from app.core.datasets import InMemoryData
 from app.core.network import Network, NetworkConfig, build_network
-from app.schemas.job_spec import ModelSpec
+from app.schemas.model_spec import ModelSpec
 from worker.context import JobContext, JobFailedError
 from worker.sources import ModelSource, resolve_source
 

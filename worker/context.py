@@ -15,7 +15,7 @@ import torch
 
 from app.config import Settings
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl
 from worker.data import load_dataset

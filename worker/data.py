@@ -24,7 +24,7 @@ from app.core.datasets import DatasetUnavailableError, InMemoryData, load_source
 from app.core.datasets.stored import read_dataset
 from app.core.datasets.streamed import StreamedImages
 from app.core.images import resize_images
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 
 log = logging.getLogger(__name__)
 

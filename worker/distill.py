@@ -11,7 +11,8 @@ import torch
 from app.core.archs import default_hint_layer
 from app.core.datasets import InMemoryData
 from app.core.losses import HintAdapter, get_loss
-from app.schemas.job_spec import DatasetRef, DistillLossSpec, DistillStage, ModelSpec, StageSpec
+from app.schemas.model_spec import ModelSpec
+from app.schemas.stage_spec import DatasetRef, DistillLossSpec, DistillStage, StageSpec
 from worker.build import Trained, build_from_spec, retarget, same_classes
 from worker.context import JobContext, JobFailedError
 from worker.inference import FeatureHook, batches, collect

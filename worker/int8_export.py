@@ -16,14 +16,9 @@ from app.core.datasets import InMemoryData
 from app.core.files import atomic_write
 from app.core.model_format import INT8_ONNX_FILE, ONNX_FILE
 from app.schemas.export import ExportSpec
-from app.schemas.job_spec import (
-    Constraints,
-    DatasetRef,
-    DistillJobSpec,
-    FinetuneJobSpec,
-    PipelineJobSpec,
-    TrainJobSpec,
-)
+from app.schemas.job_spec import DistillJobSpec, FinetuneJobSpec, PipelineJobSpec, TrainJobSpec
+from app.schemas.model_spec import Constraints
+from app.schemas.stage_spec import DatasetRef
 from worker.build import Trained, same_classes
 from worker.context import JobContext
 from worker.export import ExportedModel, cpu_eval, export_onnx, write_meta

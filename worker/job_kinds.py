@@ -14,12 +14,11 @@ from app.core.datasets import InMemoryData
 from app.schemas.job_spec import (
     DistillJobSpec,
     FinetuneJobSpec,
-    ModelSpec,
     PipelineJobSpec,
-    SizeSearch,
     TrainJobSpec,
     default_evaluate,
 )
+from app.schemas.model_spec import ModelSpec, SizeSearch
 from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError, JobOutcome
 from worker.distill import distill

@@ -26,7 +26,7 @@ from app.core.losses import (
     soft_target_kl,
     squared_error,
 )
-from app.schemas.job_spec import DistillLossSpec, FinetuneStage
+from app.schemas.stage_spec import DistillLossSpec, FinetuneStage
 from worker.context import JobFailedError
 from worker.inference import FeatureHook
 from worker.teacher_outputs import TeacherOutputs, ViewSchedule

@@ -23,7 +23,7 @@ from torch import nn
 
 from app.core.datasets import InMemoryData
 from app.logging_setup import configure_logging
-from app.schemas.job_spec import StageSpec
+from app.schemas.stage_spec import StageSpec
 from worker.checkpoints import CheckpointStore
 from worker.context import JobFailedError
 from worker.control import JobControl, StopRequested

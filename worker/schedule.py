@@ -31,7 +31,7 @@ import math
 from typing import TypeVar
 
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import (
+from app.schemas.stage_spec import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_WARMUP_SHARE,
     FINETUNE_LR_SHARE,

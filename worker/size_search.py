@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.schemas.job_spec import Constraints
+from app.schemas.model_spec import Constraints
 
 # A figure and the constraint that bounds it.
 BUDGETS = (

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from app.core.archs import torchvision_weights
 from app.core.model_format import StoredModel
-from app.schemas.job_spec import ModelSpec
+from app.schemas.model_spec import ModelSpec
 from worker.lookups import CheckpointRecord, Lookups
 
 

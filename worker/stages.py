@@ -15,7 +15,9 @@ import torch
 
 from app.core.archs import head_name
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import FinetuneStage, ModelSpec, StageSpec, default_evaluate
+from app.schemas.job_spec import default_evaluate
+from app.schemas.model_spec import ModelSpec
+from app.schemas.stage_spec import FinetuneStage, StageSpec
 from worker.build import Trained, build_from_spec, build_model, retarget, same_classes
 from worker.context import JobContext, JobFailedError
 from worker.objectives import FinetuneObjective, supervised

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.core.datasets import InMemoryData
-from app.schemas.job_spec import OptimizerSpec, SchedulerSpec, StageSpec
+from app.schemas.stage_spec import OptimizerSpec, SchedulerSpec, StageSpec
 from worker.augment import random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobControl, StopRequested

@@ -9,20 +9,17 @@ the submission check refuses `int8` for them (app/services/spec_check.py).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from app.schemas.stage_spec import SpecModel
 
 # Defaults, named for the docs and the worker.
 DEFAULT_INT8_MAX_DROP = 0.5
 DEFAULT_CALIBRATION_SAMPLES = 256
 
 
-class ExportSpec(BaseModel):
+class ExportSpec(SpecModel):
     """What the finished student is exported as, besides safetensors and fp32 ONNX."""
-
-    # SpecModel's settings (app/schemas/job_spec.py, which imports this module, so it
-    # cannot be imported here): unknown fields and non-finite numbers are refused. Its
-    # NUL check has nothing to check: no field here is a string.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     int8: bool = Field(
         False,

@@ -28,18 +28,14 @@ from app.core.network import module_names
 from app.core.registry import UnknownNameError
 from app.models import Checkpoint, Dataset, TrainedModel
 from app.schemas.job_spec import (
-    DatasetRef,
     DistillJobSpec,
-    DistillStage,
-    EvaluateSpec,
     FinetuneJobSpec,
-    FinetuneStage,
-    ModelSpec,
     PipelineJobSpec,
-    SizeSearch,
     TrainJobSpec,
     default_evaluate,
 )
+from app.schemas.model_spec import ModelSpec, SizeSearch
+from app.schemas.stage_spec import DatasetRef, DistillStage, EvaluateSpec, FinetuneStage
 from app.services import owned
 
 AnySpec = TrainJobSpec | DistillJobSpec | FinetuneJobSpec | PipelineJobSpec

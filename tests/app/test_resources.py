@@ -86,7 +86,7 @@ def test_bad_resources_are_refused_by_name(client, alice, tiny_spec, resources, 
 
 
 def test_stillhouse_status_shows_why_a_job_waits(client, alice, tiny_spec):
-    from app.cli import status_text
+    from app.cli_client import status_text
 
     waiting = submit(client, alice, tiny_spec, gpus=8)
     text = status_text(waiting)

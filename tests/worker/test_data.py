@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.core.datasets import DatasetUnavailableError, dataset_info
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 from worker.data import load_dataset
 
 FASHION_DEB = Path("/usr/share/datasets/fashion-mnist")

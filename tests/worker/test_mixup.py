@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from app.schemas.job_spec import DatasetRef, DistillLossSpec, DistillStage
+from app.schemas.stage_spec import DatasetRef, DistillLossSpec, DistillStage
 from worker.distill import choose_teacher_outputs
 from worker.objectives import DistillObjective
 

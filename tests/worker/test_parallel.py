@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from app.core.archs import head_name
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import DatasetRef, StageSpec
 from app.schemas.resources import Resources
+from app.schemas.stage_spec import DatasetRef, StageSpec
 from tests.helpers import tiny_teacher_spec
 from tests.worker.jobrun import events, run
 from worker.checkpoints import CheckpointStore

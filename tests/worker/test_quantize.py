@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from app.core.datasets import InMemoryData
 from app.core.network import NetworkConfig, build_network
 from app.schemas.export import ExportSpec
-from app.schemas.job_spec import Constraints, DatasetRef
+from app.schemas.model_spec import Constraints
+from app.schemas.stage_spec import DatasetRef
 from worker.build import Trained
 from worker.data import load_dataset
 from worker.export import ExportedModel, export_model

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from app.core.datasets import InMemoryData
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import (
+from app.schemas.job_spec import parse_spec
+from app.schemas.stage_spec import (
     FINETUNE_LR_SHARE,
     MIN_STEPS,
     OPTIMIZER_DEFAULTS,
@@ -19,7 +20,6 @@ from app.schemas.job_spec import (
     DistillStage,
     OptimizerSpec,
     StageSpec,
-    parse_spec,
 )
 from worker.control import JobControl
 from worker.data import load_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.schemas.job_spec import Constraints
+from app.schemas.model_spec import Constraints
 from worker.size_search import budget_violation, choose_candidate, has_budget
 
 

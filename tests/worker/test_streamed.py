@@ -15,7 +15,7 @@ import torch
 from app.core.datasets import DatasetUnavailableError, InMemoryData
 from app.core.datasets.streamed import read_index
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import DatasetRef, StageSpec
+from app.schemas.stage_spec import DatasetRef, StageSpec
 from app.services.dataset_urls import scan
 from tests.app.test_dataset_urls import digits, image_folder, shards
 from worker.control import JobControl

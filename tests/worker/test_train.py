@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from app.core.network import NetworkConfig, build_network
-from app.schemas.job_spec import DatasetRef, SchedulerSpec, StageSpec
+from app.schemas.stage_spec import DatasetRef, SchedulerSpec, StageSpec
 from worker.augment import crop_batch, random_augment
 from worker.checkpoints import CheckpointStore
 from worker.control import JobCancelled, JobControl

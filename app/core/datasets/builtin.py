@@ -18,7 +18,7 @@ from app.core.datasets.catalog import (
     holdout_mask,
     register_dataset,
 )
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 
 
 # ----------------------------------------------------------------------------- digits

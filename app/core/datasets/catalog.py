@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from app.core.registry import Registry
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 
 if TYPE_CHECKING:
     from app.core.datasets.streamed import StreamedImages

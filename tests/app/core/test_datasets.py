@@ -12,7 +12,7 @@ import torch
 from app.core.datasets import dataset_info, holdout_mask, known_datasets, resolve_classes
 from app.core.datasets.stored import channel_stats, describe, read_dataset, write_dataset
 from app.core.registry import UnknownNameError
-from app.schemas.job_spec import DatasetRef
+from app.schemas.stage_spec import DatasetRef
 
 
 def test_resolve_classes_names_the_missing_class():

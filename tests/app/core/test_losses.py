@@ -20,7 +20,7 @@ from app.core.losses import (
     squared_error,
 )
 from app.core.registry import UnknownNameError
-from app.schemas.job_spec import DistillLossSpec
+from app.schemas.stage_spec import DistillLossSpec
 from worker.objectives import DistillObjective
 
 
