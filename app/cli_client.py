@@ -28,7 +28,6 @@ from app.cli_output import (
 )
 from app.config import get_settings
 
-# --------------------------------------------------------------------------- client
 # As the API names them (app/models/job.py, app/schemas/job_spec.py); not imported, so
 # that a client command loads no ORM.
 JOB_STATES = ("QUEUED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED")

@@ -37,12 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from typing import Any
 
-from bench.harness import Harness, machine
+from bench.harness import Harness, machine, mean_std
 
 log = logging.getLogger("bench.digits_transfer")
 
@@ -289,13 +288,6 @@ def run_defaults(
         "summary": summary,
         "table": "\n".join(lines),
         **machine(),
-    }
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
     }
 
 

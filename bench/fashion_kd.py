@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Harness, machine
+from bench.harness import Harness, machine, mean_std
 
 log = logging.getLogger("bench.fashion_kd")
 
@@ -184,13 +184,6 @@ def run(
         "goal_distilled_ge_0_935": distilled >= 0.935,
         "goal_gain_ge_0_5_points": statistics.mean(gains) >= 0.5,
         **machine(),
-    }
-
-
-def mean_std(values: list[float], digits: int = 4) -> dict[str, float]:
-    return {
-        "mean": round(statistics.mean(values), digits),
-        "std": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
     }
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -123,4 +124,12 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def mean_std(values: list[float], digits: int = 4) -> dict[str, float]:
+    """A figure over seeds as the benchmarks report it: mean and sample std (0 for one)."""
+    return {
+        "mean": round(statistics.mean(values), digits),
+        "std": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
     }

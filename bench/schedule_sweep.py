@@ -31,7 +31,7 @@ import torch
 from app.core.network import NetworkConfig, build_network
 from app.schemas.stage_spec import DatasetRef, StageSpec
 from bench.fashion_kd import ensure_fashion_mnist
-from bench.harness import Harness, machine
+from bench.harness import Harness, machine, mean_std
 from worker.control import JobControl
 from worker.data import load_dataset
 from worker.objectives import supervised
@@ -134,8 +134,7 @@ def run(sizes: list[str], seeds: list[int]) -> dict[str, Any]:
             runs = [one_run(train, test, size, overrides, seed) for seed in seeds]
             accs = [a for a, _ in runs]
             rows[label] = {
-                "mean": round(statistics.mean(accs), 4),
-                "std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                **mean_std(accs),
                 "seconds": round(statistics.mean(s for _, s in runs), 2),
             }
             log.info("%s %s: %s", name, label, rows[label])
